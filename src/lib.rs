@@ -1,2 +1,2 @@
 //! pgtenant: a PostgreSQL transaction pooler for multi-tenant SaaS.
-pub fn placeholder() {}
+pub mod cluster;

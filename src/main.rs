@@ -1,1 +1,235 @@
-fn main() {}
+//! The `pgtenant` command: run the proxy, check a configuration, mint a token, or run the
+//! self-contained demo. All logic lives in the library; this file only wires the CLI.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use pgtenant::auth::token::{MintKey, mint};
+use pgtenant::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "pgtenant",
+    version,
+    about = "Tenant-scoped PostgreSQL transaction pooler"
+)]
+struct Cli {
+    /// Configuration file to run the proxy with.
+    #[arg(long, short = 'c', global = false)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (same as `pgtenant --config FILE`).
+    Run {
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and exit.
+    CheckConfig { file: PathBuf },
+    /// Mint a tenant token for local use, signed with the configuration's HS* secret.
+    Token {
+        /// Tenant id to put in the token.
+        #[arg(long)]
+        tenant: String,
+        /// Configuration whose [auth] secret and tenant claim to use.
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        /// Subject (`sub`) claim.
+        #[arg(long)]
+        sub: Option<String>,
+    },
+    /// Start a throwaway PostgreSQL with the example schema and two tenants, and the proxy in
+    /// front of it; prints ready-to-paste psql lines. Ctrl-C stops and removes everything.
+    Demo {
+        /// Port for the proxy.
+        #[arg(long, default_value_t = 6432)]
+        port: u16,
+    },
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    match (cli.command, cli.config) {
+        (Some(Command::Run { config }), _) | (None, Some(config)) => run(config),
+        (Some(Command::CheckConfig { file }), _) => match Config::load(&file) {
+            Ok(c) => {
+                println!(
+                    "{}: OK ({} database{}, listening on {}:{})",
+                    file.display(),
+                    c.databases.len(),
+                    if c.databases.len() == 1 { "" } else { "s" },
+                    c.general.listen_addr,
+                    c.general.listen_port
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", file.display());
+                ExitCode::FAILURE
+            }
+        },
+        (
+            Some(Command::Token {
+                tenant,
+                config,
+                ttl,
+                sub,
+            }),
+            _,
+        ) => token(&config, &tenant, ttl, sub),
+        (Some(Command::Demo { port }), _) => demo(port),
+        (None, None) => {
+            eprintln!(
+                "usage: pgtenant --config FILE | pgtenant check-config FILE | pgtenant token | pgtenant demo (see --help)"
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        b.worker_threads(workers);
+    }
+    b.enable_all().build()
+}
+
+fn run(path: PathBuf) -> ExitCode {
+    let config = match Config::load(&path) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = match runtime(config.general.workers) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("could not start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let listener = match pgtenant::listener::bind(&config).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "pgtenant listening");
+        }
+        let shutdown = CancellationToken::new();
+        spawn_signal_handler(shutdown.clone());
+        match pgtenant::listener::serve(config, listener, shutdown, Duration::from_secs(30)).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn spawn_signal_handler(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        tracing::info!("shutting down: no new connections, waiting for clients to finish");
+        shutdown.cancel();
+    });
+}
+
+fn token(config: &std::path::Path, tenant: &str, ttl: u64, sub: Option<String>) -> ExitCode {
+    let config = match Config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: {e}", config.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let key = match MintKey::from_auth_config(&config.auth) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut extra = serde_json::Map::new();
+    if let Some(sub) = sub {
+        extra.insert("sub".into(), serde_json::Value::String(sub));
+    }
+    match mint(
+        &key,
+        &config.auth.tenant_claim,
+        tenant,
+        Duration::from_secs(ttl),
+        extra,
+    ) {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn demo(port: u16) -> ExitCode {
+    let rt = match runtime(0) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("could not start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(pgtenant::demo::run(port)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,517 @@
+//! The bounded pool of server connections for one upstream database, shared by all tenants.
+//!
+//! This module owns how many server connections exist (never more than
+//! `pool_size + reserve_pool_size`), who gets the next free one (first come, first served),
+//! and when idle ones are closed or replaced. A checked-out connection is a [`Checkout`]
+//! guard: returning it is explicit (`release`), and a guard dropped without that — a client
+//! vanished mid-transaction, a task was cancelled — closes the connection rather than letting
+//! a server with unknown state back into the pool. The pool never looks at traffic.
+
+pub mod statements;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::config::DatabaseConfig;
+use crate::server::{ServerConn, ServerError};
+
+/// Sizes and timeouts of one pool, resolved from the configuration.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub pool_size: usize,
+    pub min_pool_size: usize,
+    pub reserve_pool_size: usize,
+    pub reserve_pool_timeout: Duration,
+    pub query_wait_timeout: Option<Duration>,
+    pub server_connect_timeout: Duration,
+    pub server_idle_timeout: Option<Duration>,
+    pub server_lifetime: Option<Duration>,
+    pub allow_privileged_role: bool,
+}
+
+/// Why a checkout failed. Each variant maps to one client-facing SQLSTATE.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("no server connection became free within query_wait_timeout ({0:?})")]
+    WaitTimeout(Duration),
+    #[error("could not connect to upstream database \"{db}\": {source}")]
+    Connect { db: String, source: ServerError },
+    #[error(
+        "pgtenant refuses to serve database \"{db}\": its pool role is {what}, so row-level \
+         security would not apply (set allow_privileged_role = true to override)"
+    )]
+    PrivilegedRole { db: String, what: &'static str },
+    #[error("pool for database \"{0}\" is shutting down")]
+    Closed(String),
+}
+
+impl PoolError {
+    pub fn sqlstate(&self) -> &str {
+        match self {
+            PoolError::WaitTimeout(_) => "57014",
+            PoolError::Connect { source, .. } => source.client_sqlstate(),
+            PoolError::PrivilegedRole { .. } => "28000",
+            PoolError::Closed(_) => "57P01",
+        }
+    }
+}
+
+enum Grant {
+    Conn(ServerConn),
+    /// Permission to open one new connection; `total` already counts it.
+    Slot,
+}
+
+struct PoolState {
+    idle: Vec<ServerConn>,
+    /// Idle + checked out + being opened.
+    total: usize,
+    waiters: VecDeque<oneshot::Sender<Grant>>,
+    closed: bool,
+}
+
+/// Counters shared by the admin console and metrics.
+#[derive(Debug, Default)]
+pub struct PoolCounters {
+    pub checkouts: AtomicU64,
+    pub connects: AtomicU64,
+    pub connect_errors: AtomicU64,
+    pub wait_timeouts: AtomicU64,
+}
+
+/// A snapshot of a pool's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    pub total: usize,
+    pub idle: usize,
+    pub waiting: usize,
+}
+
+pub struct Pool {
+    pub name: String,
+    db: DatabaseConfig,
+    settings: PoolSettings,
+    state: Mutex<PoolState>,
+    /// ParameterStatus values from the latest server login, echoed to clients at login.
+    startup_params: Mutex<Vec<(String, String)>>,
+    pub counters: PoolCounters,
+    /// pgtenant's names for clients' prepared statements.
+    pub statements: statements::StatementRegistry,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("name", &self.name).finish()
+    }
+}
+
+impl Pool {
+    pub fn new(name: String, db: DatabaseConfig, settings: PoolSettings) -> Arc<Pool> {
+        Arc::new(Pool {
+            name,
+            db,
+            settings,
+            state: Mutex::new(PoolState {
+                idle: Vec::new(),
+                total: 0,
+                waiters: VecDeque::new(),
+                closed: false,
+            }),
+            startup_params: Mutex::new(Vec::new()),
+            counters: PoolCounters::default(),
+            statements: statements::StatementRegistry::default(),
+        })
+    }
+
+    pub fn settings(&self) -> &PoolSettings {
+        &self.settings
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        // A panic while holding this lock would be a bug in this module; the state itself is
+        // still consistent field by field, so keep serving rather than poisoning every client.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let st = self.lock();
+        PoolStats {
+            total: st.total,
+            idle: st.idle.len(),
+            waiting: st.waiters.len(),
+        }
+    }
+
+    /// ParameterStatus values a server reported at login, opening one connection first if
+    /// none has been made yet.
+    pub async fn startup_params(self: &Arc<Self>) -> Result<Vec<(String, String)>, PoolError> {
+        {
+            let p = self
+                .startup_params
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if !p.is_empty() {
+                return Ok(p.clone());
+            }
+        }
+        let conn = self.checkout().await?;
+        conn.release();
+        let p = self
+            .startup_params
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        Ok(p.clone())
+    }
+
+    /// Hands out a server connection: an idle one, a new one while under the limit, or the
+    /// next one released, in arrival order, waiting at most `query_wait_timeout`.
+    pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, PoolError> {
+        let started = Instant::now();
+        let mut reserve_tried = self.settings.reserve_pool_size == 0;
+        loop {
+            let rx = {
+                let mut st = self.lock();
+                if st.closed {
+                    return Err(PoolError::Closed(self.name.clone()));
+                }
+                match self.take_idle(&mut st) {
+                    Some(conn) => Ok(Grant::Conn(conn)),
+                    None if st.total < self.settings.pool_size => {
+                        st.total += 1;
+                        Ok(Grant::Slot)
+                    }
+                    None => {
+                        let (tx, rx) = oneshot::channel();
+                        st.waiters.push_back(tx);
+                        Err(rx)
+                    }
+                }
+            };
+            let grant = match rx {
+                Ok(g) => g,
+                Err(mut rx) => {
+                    let wait = self.next_wait(started, reserve_tried);
+                    let received = match wait {
+                        Some(d) => tokio::time::timeout(d, &mut rx).await.ok(),
+                        None => Some((&mut rx).await),
+                    };
+                    match received {
+                        Some(Ok(g)) => g,
+                        Some(Err(_)) => return Err(PoolError::Closed(self.name.clone())),
+                        None => {
+                            // Stop further grants, but keep one that raced with the timeout.
+                            rx.close();
+                            if let Ok(g) = rx.try_recv() {
+                                g
+                            } else if !reserve_tried {
+                                reserve_tried = true;
+                                if self.try_reserve_slot() {
+                                    Grant::Slot
+                                } else {
+                                    continue;
+                                }
+                            } else {
+                                self.counters.wait_timeouts.fetch_add(1, Ordering::Relaxed);
+                                let waited = self.settings.query_wait_timeout.unwrap_or_default();
+                                return Err(PoolError::WaitTimeout(waited));
+                            }
+                        }
+                    }
+                }
+            };
+            let conn = match grant {
+                Grant::Conn(mut conn) => {
+                    if self.is_stale(&mut conn) {
+                        self.forget(conn);
+                        continue;
+                    }
+                    conn
+                }
+                Grant::Slot => self.open_in_slot().await?,
+            };
+            self.counters.checkouts.fetch_add(1, Ordering::Relaxed);
+            return Ok(Checkout {
+                conn: Some(conn),
+                pool: Arc::clone(self),
+            });
+        }
+    }
+
+    fn next_wait(&self, started: Instant, reserve_tried: bool) -> Option<Duration> {
+        let elapsed = started.elapsed();
+        let to_deadline = self
+            .settings
+            .query_wait_timeout
+            .map(|t| t.saturating_sub(elapsed));
+        if reserve_tried {
+            return to_deadline;
+        }
+        let to_reserve = self.settings.reserve_pool_timeout.saturating_sub(elapsed);
+        Some(match to_deadline {
+            Some(d) => d.min(to_reserve),
+            None => to_reserve,
+        })
+    }
+
+    fn try_reserve_slot(&self) -> bool {
+        let mut st = self.lock();
+        if st.total < self.settings.pool_size + self.settings.reserve_pool_size {
+            st.total += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn take_idle(&self, st: &mut PoolState) -> Option<ServerConn> {
+        // Most recently used first: its caches are warm and the others can age out.
+        st.idle.pop()
+    }
+
+    fn is_stale(&self, conn: &mut ServerConn) -> bool {
+        if let Some(life) = self.settings.server_lifetime {
+            if conn.created.elapsed() >= life {
+                return true;
+            }
+        }
+        conn.is_dead()
+    }
+
+    /// Opens a connection in a slot already counted in `total`; gives the slot back on error.
+    async fn open_in_slot(self: &Arc<Self>) -> Result<ServerConn, PoolError> {
+        match self.open().await {
+            Ok(conn) => Ok(conn),
+            Err(e) => {
+                self.give_back_slot();
+                Err(e)
+            }
+        }
+    }
+
+    async fn open(&self) -> Result<ServerConn, PoolError> {
+        self.counters.connects.fetch_add(1, Ordering::Relaxed);
+        let connect = ServerConn::connect(&self.db, self.settings.server_connect_timeout).await;
+        let mut conn = match connect {
+            Ok(c) => c,
+            Err(source) => {
+                self.counters.connect_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(db = %self.name, error = %source, "upstream connection failed");
+                return Err(PoolError::Connect {
+                    db: self.name.clone(),
+                    source,
+                });
+            }
+        };
+        let privileges = conn
+            .role_privileges()
+            .await
+            .map_err(|source| PoolError::Connect {
+                db: self.name.clone(),
+                source,
+            })?;
+        if !self.settings.allow_privileged_role {
+            let what = if privileges.superuser {
+                Some("a superuser")
+            } else if privileges.bypass_rls {
+                Some("BYPASSRLS")
+            } else {
+                None
+            };
+            if let Some(what) = what {
+                tracing::error!(db = %self.name, role = %self.db.user, what, "pool role bypasses row-level security; refusing to serve");
+                conn.terminate().await;
+                return Err(PoolError::PrivilegedRole {
+                    db: self.name.clone(),
+                    what,
+                });
+            }
+        }
+        {
+            let mut p = self
+                .startup_params
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let mut params: Vec<(String, String)> = conn
+                .params
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            params.sort();
+            *p = params;
+        }
+        tracing::debug!(db = %self.name, server = conn.id, pid = conn.backend_pid, "server connection opened");
+        Ok(conn)
+    }
+
+    /// Gives back a slot whose connection never came to be or was closed, passing it on to
+    /// the first waiter so nobody waits for a connection that will never be released.
+    fn give_back_slot(&self) {
+        let mut st = self.lock();
+        while let Some(w) = st.waiters.pop_front() {
+            if w.send(Grant::Slot).is_ok() {
+                return;
+            }
+        }
+        st.total = st.total.saturating_sub(1);
+    }
+
+    /// Drops a connection that must not be reused.
+    fn forget(&self, conn: ServerConn) {
+        tracing::debug!(db = %self.name, server = conn.id, "server connection closed");
+        drop(conn);
+        self.give_back_slot();
+    }
+
+    fn put_back(&self, mut conn: ServerConn) {
+        conn.last_used = Instant::now();
+        let mut st = self.lock();
+        if st.closed {
+            drop(st);
+            self.forget(conn);
+            return;
+        }
+        while let Some(w) = st.waiters.pop_front() {
+            match w.send(Grant::Conn(conn)) {
+                Ok(()) => return,
+                Err(Grant::Conn(c)) => conn = c,
+                Err(Grant::Slot) => {
+                    unreachable_slot();
+                    return;
+                }
+            }
+        }
+        st.idle.push(conn);
+    }
+
+    /// Closes idle connections past `server_idle_timeout` or `server_lifetime`, drops dead
+    /// ones, and opens connections up to `min_pool_size`. Called periodically.
+    pub async fn maintain(self: &Arc<Self>) {
+        let mut to_close = Vec::new();
+        {
+            let mut st = self.lock();
+            let now = Instant::now();
+            let min = self.settings.min_pool_size;
+            let mut keep = Vec::with_capacity(st.idle.len());
+            let idle = std::mem::take(&mut st.idle);
+            let mut total = st.total;
+            for mut conn in idle {
+                let too_old = self
+                    .settings
+                    .server_lifetime
+                    .is_some_and(|l| now.duration_since(conn.created) >= l);
+                let too_idle = self
+                    .settings
+                    .server_idle_timeout
+                    .is_some_and(|t| now.duration_since(conn.last_used) >= t)
+                    && total > min;
+                if too_old || too_idle || conn.is_dead() {
+                    total -= 1;
+                    to_close.push(conn);
+                } else {
+                    keep.push(conn);
+                }
+            }
+            st.idle = keep;
+            st.total = total;
+        }
+        for conn in to_close {
+            tracing::debug!(db = %self.name, server = conn.id, "closing idle server connection");
+            conn.terminate().await;
+        }
+        loop {
+            let open = {
+                let mut st = self.lock();
+                if !st.closed && st.total < self.settings.min_pool_size && st.waiters.is_empty() {
+                    st.total += 1;
+                    true
+                } else {
+                    false
+                }
+            };
+            if !open {
+                break;
+            }
+            match self.open().await {
+                Ok(conn) => self.put_back(conn),
+                Err(_) => {
+                    self.give_back_slot();
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Stops handing out connections and closes the idle ones.
+    pub async fn close(&self) {
+        let idle = {
+            let mut st = self.lock();
+            st.closed = true;
+            st.waiters.clear();
+            let idle = std::mem::take(&mut st.idle);
+            st.total -= idle.len();
+            idle
+        };
+        for conn in idle {
+            conn.terminate().await;
+        }
+    }
+}
+
+#[cold]
+fn unreachable_slot() {
+    // `put_back` only ever sends `Grant::Conn`, so a failed send returns a `Conn`.
+    tracing::error!("pool invariant broken: a returned grant changed kind");
+}
+
+/// A server connection checked out of a pool. Deref to use it; `release` returns it, and
+/// dropping it without `release` closes it.
+pub struct Checkout {
+    conn: Option<ServerConn>,
+    pool: Arc<Pool>,
+}
+
+impl Checkout {
+    pub fn conn(&mut self) -> &mut ServerConn {
+        // `conn` is only `None` after `release`/`discard`, which consume the guard.
+        self.conn
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("checkout used after release"))
+    }
+
+    pub fn stream(&self) -> &tokio::net::TcpStream {
+        match &self.conn {
+            Some(c) => &c.stream,
+            None => unreachable!("checkout used after release"),
+        }
+    }
+
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// Returns a clean connection (idle, no transaction, nothing outstanding) to the pool.
+    pub fn release(mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.put_back(conn);
+        }
+    }
+
+    /// Closes the connection: its state cannot be vouched for.
+    pub fn discard(mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.forget(conn);
+        }
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.forget(conn);
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! The unauthenticated start of a connection: SSLRequest, GSSENCRequest, CancelRequest and
+//! the StartupMessage (protocol docs, "Start-up" and "Message Formats").
+//!
+//! This module reads exactly one startup-phase packet with a hard size cap and turns it into
+//! a typed value. It never authenticates anything and never logs parameter values (the
+//! `tenant_token` parameter and `options` may carry a token).
+
+use std::collections::BTreeMap;
+
+use bytes::{BufMut, BytesMut};
+use pgwire::messages::{DecodeContext, Message, startup::Startup};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// PostgreSQL's own cap on startup-phase packets (pqcomm.h MAX_STARTUP_PACKET_LENGTH).
+pub const MAX_STARTUP_PACKET: usize = 10_000;
+
+const CANCEL_REQUEST_CODE: i32 = 80_877_102;
+const SSL_REQUEST_CODE: i32 = 80_877_103;
+const GSSENC_REQUEST_CODE: i32 = 80_877_104;
+
+/// One startup-phase packet.
+#[derive(Debug)]
+pub enum StartupPacket {
+    SslRequest,
+    GssEncRequest,
+    Cancel { pid: i32, secret: i32 },
+    Startup(StartupParams),
+}
+
+/// Parameters of a StartupMessage. `Debug` does not print values: they may hold a token.
+pub struct StartupParams {
+    pub minor_version: u16,
+    pub params: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for StartupParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartupParams")
+            .field("minor_version", &self.minor_version)
+            .field("names", &self.params.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl StartupParams {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.params.get(name).map(String::as_str)
+    }
+}
+
+/// Why a startup packet was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("invalid startup packet length {0}")]
+    BadLength(i64),
+    #[error("unsupported frontend protocol {major}.{minor}: server supports 3.0")]
+    UnsupportedProtocol { major: u16, minor: u16 },
+    #[error("invalid startup packet layout")]
+    Malformed,
+    #[error("connection closed during startup")]
+    Eof,
+    #[error("i/o error during startup: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads one startup-phase packet.
+pub async fn read_packet<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<StartupPacket, StartupError> {
+    let mut len_buf = [0u8; 4];
+    match stream.read_exact(&mut len_buf).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(StartupError::Eof),
+        Err(e) => return Err(e.into()),
+    }
+    let len = i32::from_be_bytes(len_buf);
+    if !(8..=MAX_STARTUP_PACKET as i32).contains(&len) {
+        return Err(StartupError::BadLength(i64::from(len)));
+    }
+    let mut body = vec![0u8; len as usize - 4];
+    stream.read_exact(&mut body).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            StartupError::Eof
+        } else {
+            StartupError::Io(e)
+        }
+    })?;
+    let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+    match code {
+        SSL_REQUEST_CODE if len == 8 => Ok(StartupPacket::SslRequest),
+        GSSENC_REQUEST_CODE if len == 8 => Ok(StartupPacket::GssEncRequest),
+        CANCEL_REQUEST_CODE if len == 16 => {
+            let pid = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+            let secret = i32::from_be_bytes([body[8], body[9], body[10], body[11]]);
+            Ok(StartupPacket::Cancel { pid, secret })
+        }
+        SSL_REQUEST_CODE | GSSENC_REQUEST_CODE | CANCEL_REQUEST_CODE => {
+            Err(StartupError::Malformed)
+        }
+        _ => {
+            let major = (code >> 16) as u16;
+            let minor = (code & 0xffff) as u16;
+            if major != 3 {
+                return Err(StartupError::UnsupportedProtocol { major, minor });
+            }
+            // The parameter list must end with an empty name (a lone NUL).
+            if body.last() != Some(&0) {
+                return Err(StartupError::Malformed);
+            }
+            let mut packet = BytesMut::with_capacity(len as usize);
+            packet.put_i32(len);
+            // pgwire only accepts 3.0 layouts; the version is re-checked above.
+            packet.put_u16(3);
+            packet.put_u16(0);
+            packet.put_slice(&body[4..]);
+            let ctx = DecodeContext::default();
+            let startup = Startup::decode(&mut packet, &ctx)
+                .map_err(|_| StartupError::Malformed)?
+                .ok_or(StartupError::Malformed)?;
+            Ok(StartupPacket::Startup(StartupParams {
+                minor_version: minor,
+                params: startup.parameters,
+            }))
+        }
+    }
+}
+
+/// Splits a libpq `options` string into `-c name=value` / `--name=value` settings, following
+/// PostgreSQL's rules: words are separated by whitespace, a backslash escapes the next byte.
+/// Words that are not settings are returned as `Err(word)` so the caller can refuse them.
+pub fn parse_options(options: &str) -> Vec<Result<(String, String), String>> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(n) = chars.next() {
+                cur.push(n);
+            }
+            in_word = true;
+        } else if c.is_whitespace() {
+            if in_word {
+                words.push(std::mem::take(&mut cur));
+                in_word = false;
+            }
+        } else {
+            cur.push(c);
+            in_word = true;
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    let mut out = Vec::new();
+    let mut it = words.into_iter();
+    while let Some(w) = it.next() {
+        let setting = if w == "-c" {
+            match it.next() {
+                Some(s) => s,
+                None => {
+                    out.push(Err(w));
+                    continue;
+                }
+            }
+        } else if let Some(s) = w.strip_prefix("-c") {
+            s.to_owned()
+        } else if let Some(s) = w.strip_prefix("--") {
+            s.to_owned()
+        } else {
+            out.push(Err(w));
+            continue;
+        };
+        match setting.split_once('=') {
+            Some((name, value)) => out.push(Ok((name.replace('-', "_"), value.to_owned()))),
+            None => out.push(Err(setting)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(code: i32, rest: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&((8 + rest.len()) as i32).to_be_bytes());
+        v.extend_from_slice(&code.to_be_bytes());
+        v.extend_from_slice(rest);
+        v
+    }
+
+    #[tokio::test]
+    async fn ssl_request_is_recognised() {
+        let bytes = packet(SSL_REQUEST_CODE, b"");
+        let p = read_packet(&mut &bytes[..]).await.unwrap();
+        assert!(matches!(p, StartupPacket::SslRequest));
+    }
+
+    #[tokio::test]
+    async fn startup_parameters_are_parsed() {
+        let bytes = packet(196_608, b"user\0bob\0database\0app\0\0");
+        let StartupPacket::Startup(p) = read_packet(&mut &bytes[..]).await.unwrap() else {
+            panic!("not a startup message");
+        };
+        assert_eq!(p.get("user"), Some("bob"));
+        assert_eq!(p.get("database"), Some("app"));
+    }
+
+    #[tokio::test]
+    async fn oversized_startup_packet_is_refused() {
+        let bytes = 20_000i32.to_be_bytes();
+        assert!(matches!(
+            read_packet(&mut &bytes[..]).await,
+            Err(StartupError::BadLength(20_000))
+        ));
+    }
+
+    #[tokio::test]
+    async fn truncated_startup_packet_is_eof() {
+        let mut bytes = packet(196_608, b"user\0bob\0\0");
+        bytes.truncate(10);
+        assert!(matches!(
+            read_packet(&mut &bytes[..]).await,
+            Err(StartupError::Eof)
+        ));
+    }
+
+    #[tokio::test]
+    async fn unterminated_parameter_list_is_malformed() {
+        let bytes = packet(196_608, b"user\0bob");
+        assert!(matches!(
+            read_packet(&mut &bytes[..]).await,
+            Err(StartupError::Malformed)
+        ));
+    }
+
+    #[tokio::test]
+    async fn protocol_2_is_refused() {
+        let bytes = packet(2 << 16, b"user\0bob\0\0");
+        assert!(matches!(
+            read_packet(&mut &bytes[..]).await,
+            Err(StartupError::UnsupportedProtocol { major: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn options_are_split_like_postgres() {
+        let parsed =
+            parse_options(r"-c search_path=a\ b --application-name=x -ctenant_token=t junk");
+        assert_eq!(
+            parsed,
+            vec![
+                Ok(("search_path".into(), "a b".into())),
+                Ok(("application_name".into(), "x".into())),
+                Ok(("tenant_token".into(), "t".into())),
+                Err("junk".into()),
+            ]
+        );
+    }
+}

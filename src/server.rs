@@ -1,0 +1,381 @@
+//! One connection from pgtenant to an upstream PostgreSQL: connect, authenticate as the pool
+//! role, learn the server's parameters, and prepare the statement that injects the tenant.
+//!
+//! This module owns the server side of the login handshake and the per-connection state the
+//! pool and sessions need (parameters in effect, prepared-statement bookkeeping). It never
+//! forwards client bytes and never decides which client uses a connection.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use postgres_protocol::authentication::sasl::{self, ScramSha256};
+use postgres_protocol::message::backend::Message;
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::config::DatabaseConfig;
+
+/// Name of the statement pgtenant prepares on every server to set the tenant. Bound with
+/// the setting name and the tenant id as parameters, so neither appears in query text,
+/// `pg_stat_activity` or the server log. `pg_catalog` is spelled out so that no object on the
+/// client's search_path can stand in for `set_config`.
+pub const INJECT_STATEMENT: &str = "__pgtenant_set_tenant";
+pub const INJECT_SQL: &str = "SELECT pg_catalog.set_config($1, $2, true)";
+
+static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Why a server connection could not be made or used.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("could not connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("timed out connecting to {addr}")]
+    ConnectTimeout { addr: String },
+    #[error("upstream refused login: {message}")]
+    LoginRefused { sqlstate: String, message: String },
+    #[error("upstream asked for an authentication method pgtenant does not support ({0})")]
+    UnsupportedAuth(&'static str),
+    #[error("upstream asked for a password but none is configured")]
+    PasswordMissing,
+    #[error("SCRAM authentication with upstream failed: {0}")]
+    Scram(std::io::Error),
+    #[error("unexpected message from upstream during {phase}")]
+    Protocol { phase: &'static str },
+    #[error("upstream query failed: {message}")]
+    Query { sqlstate: String, message: String },
+    #[error("i/o error talking to upstream: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ServerError {
+    /// The SQLSTATE a client sees when its transaction could not get a server because of this.
+    pub fn client_sqlstate(&self) -> &str {
+        match self {
+            ServerError::LoginRefused { sqlstate, .. } if sqlstate.starts_with("53") => sqlstate,
+            ServerError::LoginRefused { sqlstate, .. } if sqlstate.starts_with("57") => sqlstate,
+            ServerError::Connect { .. } | ServerError::ConnectTimeout { .. } => "08006",
+            _ => "08001",
+        }
+    }
+}
+
+/// What the pool role may do that would defeat RLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RolePrivileges {
+    pub superuser: bool,
+    pub bypass_rls: bool,
+}
+
+/// A live, authenticated server connection.
+pub struct ServerConn {
+    pub id: u64,
+    pub stream: TcpStream,
+    pub created: Instant,
+    pub last_used: Instant,
+    /// Process id and cancel key PostgreSQL gave this connection.
+    pub backend_pid: i32,
+    pub backend_secret: i32,
+    /// Parameters in effect on this server session, as PostgreSQL reported them or as
+    /// pgtenant last set them.
+    pub params: HashMap<String, String>,
+    /// Set when something may have dropped [`INJECT_STATEMENT`] (e.g. a client's
+    /// `DEALLOCATE ALL`); the next injection re-prepares it.
+    pub needs_reprepare: bool,
+    /// Reply bytes read from the server but not yet processed.
+    pub rbuf: BytesMut,
+    /// Client-chosen parameters pgtenant has applied to this session (see
+    /// [`crate::session::params`]).
+    pub tracked: crate::session::params::ParamSet,
+    /// Ids of the shared statements ([`crate::pool::statements`]) prepared on this server.
+    pub prepared: std::collections::HashSet<u64>,
+}
+
+impl std::fmt::Debug for ServerConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConn")
+            .field("id", &self.id)
+            .field("backend_pid", &self.backend_pid)
+            .finish()
+    }
+}
+
+impl ServerConn {
+    /// Connects, authenticates and prepares the injection statement.
+    pub async fn connect(
+        db: &DatabaseConfig,
+        timeout: Duration,
+    ) -> Result<ServerConn, ServerError> {
+        let addr = format!("{}:{}", db.host, db.port);
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(&addr)).await {
+            Err(_) => return Err(ServerError::ConnectTimeout { addr }),
+            Ok(Err(source)) => return Err(ServerError::Connect { addr, source }),
+            Ok(Ok(s)) => s,
+        };
+        stream.set_nodelay(true)?;
+        let mut conn = ServerConn {
+            id: NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed),
+            stream,
+            created: Instant::now(),
+            last_used: Instant::now(),
+            backend_pid: 0,
+            backend_secret: 0,
+            params: HashMap::new(),
+            needs_reprepare: false,
+            rbuf: BytesMut::with_capacity(8192),
+            tracked: Default::default(),
+            prepared: Default::default(),
+        };
+        match tokio::time::timeout(timeout, conn.login(db)).await {
+            Err(_) => Err(ServerError::ConnectTimeout { addr }),
+            Ok(r) => r.map(|()| conn),
+        }
+    }
+
+    async fn login(&mut self, db: &DatabaseConfig) -> Result<(), ServerError> {
+        let mut out = BytesMut::new();
+        let params = [
+            ("user", db.user.as_str()),
+            ("database", db.dbname.as_str()),
+            ("application_name", "pgtenant"),
+        ];
+        frontend::startup_message(params.iter().copied(), &mut out)?;
+        self.stream.write_all(&out).await?;
+        out.clear();
+
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let msg = self.read_message("login").await?;
+            match msg {
+                Message::AuthenticationOk => {}
+                Message::AuthenticationCleartextPassword => {
+                    let pw = db.password.as_ref().ok_or(ServerError::PasswordMissing)?;
+                    frontend::password_message(pw.expose().as_bytes(), &mut out)?;
+                    self.flush(&mut out).await?;
+                }
+                Message::AuthenticationMd5Password(body) => {
+                    let pw = db.password.as_ref().ok_or(ServerError::PasswordMissing)?;
+                    let hash = postgres_protocol::authentication::md5_hash(
+                        db.user.as_bytes(),
+                        pw.expose().as_bytes(),
+                        body.salt(),
+                    );
+                    frontend::password_message(hash.as_bytes(), &mut out)?;
+                    self.flush(&mut out).await?;
+                }
+                Message::AuthenticationSasl(body) => {
+                    let pw = db.password.as_ref().ok_or(ServerError::PasswordMissing)?;
+                    let mut mechanisms = body.mechanisms();
+                    let mut has_scram = false;
+                    while let Some(m) = fallible_iterator::FallibleIterator::next(&mut mechanisms)
+                        .map_err(ServerError::Scram)?
+                    {
+                        if m == sasl::SCRAM_SHA_256 {
+                            has_scram = true;
+                        }
+                    }
+                    if !has_scram {
+                        return Err(ServerError::UnsupportedAuth("SASL without SCRAM-SHA-256"));
+                    }
+                    let s = ScramSha256::new(
+                        pw.expose().as_bytes(),
+                        sasl::ChannelBinding::unsupported(),
+                    );
+                    frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut out)?;
+                    self.flush(&mut out).await?;
+                    scram = Some(s);
+                }
+                Message::AuthenticationSaslContinue(body) => {
+                    let s = scram
+                        .as_mut()
+                        .ok_or(ServerError::Protocol { phase: "SCRAM" })?;
+                    s.update(body.data()).map_err(ServerError::Scram)?;
+                    frontend::sasl_response(s.message(), &mut out)?;
+                    self.flush(&mut out).await?;
+                }
+                Message::AuthenticationSaslFinal(body) => {
+                    let s = scram
+                        .as_mut()
+                        .ok_or(ServerError::Protocol { phase: "SCRAM" })?;
+                    s.finish(body.data()).map_err(ServerError::Scram)?;
+                }
+                Message::AuthenticationKerberosV5
+                | Message::AuthenticationScmCredential
+                | Message::AuthenticationGss
+                | Message::AuthenticationGssContinue(_)
+                | Message::AuthenticationSspi => {
+                    return Err(ServerError::UnsupportedAuth("Kerberos/GSS/SSPI/SCM"));
+                }
+                Message::ParameterStatus(body) => {
+                    let name = body
+                        .name()
+                        .map_err(|_| ServerError::Protocol { phase: "login" })?;
+                    let value = body
+                        .value()
+                        .map_err(|_| ServerError::Protocol { phase: "login" })?;
+                    self.params.insert(name.to_owned(), value.to_owned());
+                }
+                Message::BackendKeyData(body) => {
+                    self.backend_pid = body.process_id();
+                    self.backend_secret = body.secret_key();
+                }
+                Message::NoticeResponse(_) => {}
+                Message::ErrorResponse(body) => {
+                    let (sqlstate, message) = error_fields(&body);
+                    return Err(ServerError::LoginRefused { sqlstate, message });
+                }
+                Message::ReadyForQuery(_) => break,
+                _ => return Err(ServerError::Protocol { phase: "login" }),
+            }
+        }
+        self.prepare_injection().await
+    }
+
+    /// Prepares [`INJECT_STATEMENT`] on this server and waits for it to be ready.
+    pub async fn prepare_injection(&mut self) -> Result<(), ServerError> {
+        let mut out = BytesMut::new();
+        frontend::parse(INJECT_STATEMENT, INJECT_SQL, [25u32, 25u32], &mut out)?;
+        frontend::sync(&mut out);
+        self.flush(&mut out).await?;
+        self.expect_until_ready("prepare").await.map(|_| ())
+    }
+
+    /// Runs a simple query and returns the text of the first column of every row.
+    pub async fn simple_query(
+        &mut self,
+        sql: &str,
+    ) -> Result<Vec<Vec<Option<String>>>, ServerError> {
+        let mut out = BytesMut::new();
+        frontend::query(sql, &mut out)?;
+        self.flush(&mut out).await?;
+        self.expect_until_ready("query").await
+    }
+
+    /// Checks whether the pool role could bypass RLS.
+    pub async fn role_privileges(&mut self) -> Result<RolePrivileges, ServerError> {
+        let rows = self
+            .simple_query(
+                "SELECT rolsuper::text, rolbypassrls::text FROM pg_catalog.pg_roles \
+                 WHERE rolname = current_user",
+            )
+            .await?;
+        let row = rows.first().ok_or(ServerError::Protocol {
+            phase: "role check",
+        })?;
+        let flag = |i: usize| row.get(i).and_then(|v| v.as_deref()) == Some("true");
+        Ok(RolePrivileges {
+            superuser: flag(0),
+            bypass_rls: flag(1),
+        })
+    }
+
+    /// Reads replies up to ReadyForQuery, collecting data rows and failing on an error.
+    async fn expect_until_ready(
+        &mut self,
+        phase: &'static str,
+    ) -> Result<Vec<Vec<Option<String>>>, ServerError> {
+        let mut rows = Vec::new();
+        let mut failure = None;
+        loop {
+            match self.read_message(phase).await? {
+                Message::ReadyForQuery(_) => break,
+                Message::ErrorResponse(body) => {
+                    let (sqlstate, message) = error_fields(&body);
+                    failure = Some(ServerError::Query { sqlstate, message });
+                }
+                Message::DataRow(body) => {
+                    let buf = body.buffer();
+                    let mut ranges = body.ranges();
+                    let mut row = Vec::new();
+                    while let Some(r) = fallible_iterator::FallibleIterator::next(&mut ranges)
+                        .map_err(|_| ServerError::Protocol { phase })?
+                    {
+                        row.push(
+                            r.and_then(|r| buf.get(r))
+                                .map(|b| String::from_utf8_lossy(b).into_owned()),
+                        );
+                    }
+                    rows.push(row);
+                }
+                Message::ParameterStatus(body) => {
+                    if let (Ok(n), Ok(v)) = (body.name(), body.value()) {
+                        self.params.insert(n.to_owned(), v.to_owned());
+                    }
+                }
+                _ => {}
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(rows),
+        }
+    }
+
+    async fn flush(&mut self, out: &mut BytesMut) -> Result<(), ServerError> {
+        self.stream.write_all(out).await?;
+        out.clear();
+        Ok(())
+    }
+
+    async fn read_message(&mut self, phase: &'static str) -> Result<Message, ServerError> {
+        loop {
+            if let Some(msg) =
+                Message::parse(&mut self.rbuf).map_err(|_| ServerError::Protocol { phase })?
+            {
+                return Ok(msg);
+            }
+            let n = self.stream.read_buf(&mut self.rbuf).await?;
+            if n == 0 {
+                return Err(ServerError::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "upstream closed the connection",
+                )));
+            }
+        }
+    }
+
+    /// True when the idle connection has been closed by the server or has unsolicited bytes
+    /// waiting (e.g. a FATAL sent at server shutdown). Costs one non-blocking read.
+    pub fn is_dead(&mut self) -> bool {
+        if !self.rbuf.is_empty() {
+            return true;
+        }
+        let mut probe = [0u8; 1];
+        match self.stream.try_read(&mut probe) {
+            Ok(_) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+            Err(_) => true,
+        }
+    }
+
+    /// Sends Terminate, best effort, and drops the connection.
+    pub async fn terminate(mut self) {
+        let mut out = BytesMut::new();
+        frontend::terminate(&mut out);
+        let _ = tokio::time::timeout(Duration::from_millis(100), self.stream.write_all(&out)).await;
+    }
+
+    /// Discards already-processed bytes (used by sessions that parse `rbuf` themselves).
+    pub fn consume(&mut self, n: usize) {
+        self.rbuf.advance(n);
+    }
+}
+
+fn error_fields(body: &postgres_protocol::message::backend::ErrorResponseBody) -> (String, String) {
+    let mut sqlstate = String::new();
+    let mut message = String::new();
+    let mut fields = body.fields();
+    while let Ok(Some(f)) = fallible_iterator::FallibleIterator::next(&mut fields) {
+        match f.type_() {
+            b'C' => sqlstate = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+            b'M' => message = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+            _ => {}
+        }
+    }
+    (sqlstate, message)
+}

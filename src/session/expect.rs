@@ -1,0 +1,330 @@
+//! The queue of replies a bound server still owes, in order, and who each belongs to.
+//!
+//! Every message pgtenant forwards or injects that PostgreSQL will answer gets an entry here.
+//! Server replies are matched against the front entry: replies to the client's messages are
+//! forwarded, replies to pgtenant's own (the tenant injection, parameter SETs) are swallowed,
+//! and a reply that fits no entry is a desync, which ends the session rather than risk
+//! handing one client's rows to another. This module decides nothing about transactions.
+
+use std::collections::VecDeque;
+
+/// What kind of reply sequence an entry waits for (protocol docs, "Extended Query" and
+/// "Simple Query").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// ParseComplete.
+    Parse,
+    /// BindComplete.
+    Bind,
+    /// ParameterDescription, then RowDescription or NoData.
+    DescribeStatement,
+    /// RowDescription or NoData.
+    DescribePortal,
+    /// DataRow* / COPY, then CommandComplete, EmptyQueryResponse or PortalSuspended.
+    Execute,
+    /// CloseComplete.
+    Close,
+    /// ReadyForQuery.
+    Sync,
+    /// Anything up to ReadyForQuery.
+    Query,
+    /// FunctionCallResponse, then ReadyForQuery.
+    FunctionCall,
+}
+
+impl Reply {
+    /// True for entries that end with ReadyForQuery.
+    pub fn ends_with_ready(self) -> bool {
+        matches!(self, Reply::Sync | Reply::Query | Reply::FunctionCall)
+    }
+}
+
+/// Who a reply belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// The client sent the message; its replies are forwarded.
+    Client,
+    /// pgtenant injected the message; its replies are swallowed.
+    Proxy,
+    /// A simple-Query piece of a client's query that pgtenant split: replies forwarded, but
+    /// the ReadyForQuery is swallowed unless `last`.
+    Piece { last: bool },
+    /// Nothing was sent to the server; pgtenant itself answers with an empty message of this
+    /// tag (ParseComplete, CloseComplete) when the entry reaches the front.
+    Synthetic(u8),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expected {
+    pub reply: Reply,
+    pub owner: Owner,
+    /// For a Describe of a statement: the ParameterDescription has arrived.
+    pub described_params: bool,
+    /// An ErrorResponse arrived inside this entry (Query/FunctionCall).
+    pub failed: bool,
+    /// For a Parse: the id of the shared statement it prepares (0 for none).
+    pub stmt: u64,
+}
+
+impl Expected {
+    pub fn client(reply: Reply) -> Expected {
+        Expected {
+            reply,
+            owner: Owner::Client,
+            described_params: false,
+            failed: false,
+            stmt: 0,
+        }
+    }
+
+    pub fn proxy(reply: Reply) -> Expected {
+        Expected {
+            owner: Owner::Proxy,
+            ..Expected::client(reply)
+        }
+    }
+
+    pub fn synthetic(tag: u8) -> Expected {
+        Expected {
+            owner: Owner::Synthetic(tag),
+            ..Expected::client(Reply::Parse)
+        }
+    }
+
+    pub fn with_stmt(mut self, stmt: u64) -> Expected {
+        self.stmt = stmt;
+        self
+    }
+
+    pub fn piece(last: bool) -> Expected {
+        Expected {
+            owner: Owner::Piece { last },
+            ..Expected::client(Reply::Query)
+        }
+    }
+}
+
+/// What to do with one server message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send it to the client.
+    Forward,
+    /// Drop it: it answers a message pgtenant injected.
+    Swallow,
+    /// It does not fit what the server owes: the connection is out of step.
+    Desync,
+}
+
+/// Outcome of feeding one message to the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    pub verdict: Verdict,
+    /// The entry this message completed, if any.
+    pub completed: Option<Expected>,
+    /// An ErrorResponse hit an entry pgtenant injected.
+    pub proxy_error: bool,
+}
+
+/// Replies still owed by the bound server.
+#[derive(Debug, Default)]
+pub struct ExpectQueue {
+    q: VecDeque<Expected>,
+}
+
+impl ExpectQueue {
+    pub fn push(&mut self, e: Expected) {
+        self.q.push_back(e);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.q.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.q.len()
+    }
+
+    pub fn front(&self) -> Option<&Expected> {
+        self.q.front()
+    }
+
+    pub fn clear(&mut self) {
+        self.q.clear();
+    }
+
+    /// True when a ReadyForQuery-ending entry is queued for the client (a Query, Sync or
+    /// FunctionCall still to be answered).
+    pub fn owes_ready(&self) -> bool {
+        self.q.iter().any(|e| e.reply.ends_with_ready())
+    }
+
+    fn verdict_for(owner: Owner) -> Verdict {
+        match owner {
+            Owner::Proxy => Verdict::Swallow,
+            Owner::Client | Owner::Piece { .. } => Verdict::Forward,
+            // Never reaches the server; `take_synthetic` answers it.
+            Owner::Synthetic(_) => Verdict::Desync,
+        }
+    }
+
+    /// Pops a synthetic entry at the front and returns the tag to answer with.
+    pub fn take_synthetic(&mut self) -> Option<u8> {
+        match self.q.front() {
+            Some(Expected {
+                owner: Owner::Synthetic(tag),
+                ..
+            }) => {
+                let tag = *tag;
+                self.q.pop_front();
+                Some(tag)
+            }
+            _ => None,
+        }
+    }
+
+    /// Matches one server message (by tag) against the front entry.
+    pub fn on_message(&mut self, tag: u8) -> Step {
+        let step = |verdict, completed| Step {
+            verdict,
+            completed,
+            proxy_error: false,
+        };
+        // Asynchronous messages may arrive at any time (protocol docs, "Asynchronous
+        // Operations"); they belong to whoever owns the front entry, or to the client when
+        // nothing is outstanding.
+        if matches!(tag, b'N' | b'A' | b'S') {
+            let v = self
+                .q
+                .front()
+                .map_or(Verdict::Forward, |e| Self::verdict_for(e.owner));
+            return step(v, None);
+        }
+        let Some(front) = self.q.front_mut() else {
+            return step(Verdict::Desync, None);
+        };
+        let owner = front.owner;
+        let v = Self::verdict_for(owner);
+        match (front.reply, tag) {
+            (_, b'E') => {
+                let proxy_error = owner == Owner::Proxy;
+                if front.reply.ends_with_ready() {
+                    // Query, Sync or FunctionCall: the ReadyForQuery still follows.
+                    front.failed = true;
+                    return Step {
+                        verdict: v,
+                        completed: None,
+                        proxy_error,
+                    };
+                }
+                // Extended protocol: PostgreSQL skips every message up to the next Sync
+                // (protocol docs, "Extended Query"), so their replies never come.
+                let failed = self.q.pop_front();
+                while let Some(e) = self.q.front() {
+                    if e.reply == Reply::Sync {
+                        break;
+                    }
+                    self.q.pop_front();
+                }
+                if let Some(sync) = self.q.front_mut() {
+                    sync.failed = true;
+                }
+                Step {
+                    verdict: v,
+                    completed: failed,
+                    proxy_error,
+                }
+            }
+            (Reply::Parse, b'1')
+            | (Reply::Bind, b'2')
+            | (Reply::Close, b'3')
+            | (Reply::DescribePortal, b'T' | b'n') => step(v, self.q.pop_front()),
+            (Reply::DescribeStatement, b't') if !front.described_params => {
+                front.described_params = true;
+                step(v, None)
+            }
+            (Reply::DescribeStatement, b'T' | b'n') if front.described_params => {
+                step(v, self.q.pop_front())
+            }
+            (Reply::Execute, b'D' | b'G' | b'H' | b'd' | b'c') => step(v, None),
+            (Reply::Execute, b'C' | b'I' | b's') => step(v, self.q.pop_front()),
+            (Reply::Sync | Reply::Query | Reply::FunctionCall, b'Z') => step(v, self.q.pop_front()),
+            (Reply::Query, b'T' | b'D' | b'C' | b'I' | b'G' | b'H' | b'd' | b'c') => step(v, None),
+            (Reply::FunctionCall, b'V') => step(v, None),
+            _ => step(Verdict::Desync, None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn injected_replies_are_swallowed_and_client_replies_forwarded() {
+        let mut q = ExpectQueue::default();
+        q.push(Expected::proxy(Reply::Bind));
+        q.push(Expected::proxy(Reply::Execute));
+        q.push(Expected::client(Reply::Query));
+        for tag in [b'2', b'D', b'C'] {
+            assert_eq!(q.on_message(tag).verdict, Verdict::Swallow);
+        }
+        for tag in [b'T', b'D', b'C'] {
+            assert_eq!(q.on_message(tag).verdict, Verdict::Forward);
+        }
+        let z = q.on_message(b'Z');
+        assert_eq!(z.verdict, Verdict::Forward);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn error_mid_batch_skips_to_sync() {
+        let mut q = ExpectQueue::default();
+        q.push(Expected::client(Reply::Parse));
+        q.push(Expected::client(Reply::Bind));
+        q.push(Expected::client(Reply::Execute));
+        q.push(Expected::client(Reply::Sync));
+        q.push(Expected::client(Reply::Query));
+        assert_eq!(q.on_message(b'E').verdict, Verdict::Forward);
+        assert_eq!(q.len(), 2);
+        let z = q.on_message(b'Z');
+        assert!(z.completed.is_some_and(|e| e.failed));
+        assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn error_in_injected_message_is_reported() {
+        let mut q = ExpectQueue::default();
+        q.push(Expected::proxy(Reply::Bind));
+        q.push(Expected::proxy(Reply::Execute));
+        q.push(Expected::client(Reply::Bind));
+        q.push(Expected::client(Reply::Sync));
+        let s = q.on_message(b'E');
+        assert!(s.proxy_error);
+        assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn reply_without_entry_is_desync() {
+        let mut q = ExpectQueue::default();
+        assert_eq!(q.on_message(b'D').verdict, Verdict::Desync);
+        q.push(Expected::client(Reply::Bind));
+        assert_eq!(q.on_message(b'1').verdict, Verdict::Desync);
+    }
+
+    #[test]
+    fn notices_follow_the_owner_of_the_front_entry() {
+        let mut q = ExpectQueue::default();
+        assert_eq!(q.on_message(b'N').verdict, Verdict::Forward);
+        q.push(Expected::proxy(Reply::Query));
+        assert_eq!(q.on_message(b'S').verdict, Verdict::Swallow);
+    }
+
+    #[test]
+    fn describe_statement_needs_both_messages() {
+        let mut q = ExpectQueue::default();
+        q.push(Expected::client(Reply::DescribeStatement));
+        assert!(q.on_message(b't').completed.is_none());
+        assert!(q.on_message(b'T').completed.is_some());
+        assert!(q.is_empty());
+    }
+}

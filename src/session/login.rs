@@ -1,0 +1,343 @@
+//! The login phase of a client connection: startup packet, tenant token, and the replies
+//! that make the client believe it talks to PostgreSQL (AuthenticationOk, ParameterStatus,
+//! BackendKeyData, ReadyForQuery).
+//!
+//! This module owns where a token may come from (the password, a `tenant_token` startup
+//! parameter, or `-c tenant_token=…` in `options`) and which startup parameters a client may
+//! set. It never forwards the token upstream, never logs it, and never lets a failure message
+//! quote it.
+
+use std::net::SocketAddr;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::auth::token::TokenError;
+use crate::pool::Pool;
+use crate::protocol::messages::{self, Severity};
+use crate::protocol::startup::{self, StartupError, StartupPacket, StartupParams};
+use crate::session::params::{ParamSet, TRACKED, tracked_index};
+use crate::state::Shared;
+use crate::tenant::TenantId;
+
+/// Largest password message accepted: room for a large RS/ES token with many claims.
+const MAX_PASSWORD_MESSAGE: usize = 64 * 1024;
+
+/// A client that logged in.
+pub struct LoggedIn {
+    pub pool: std::sync::Arc<Pool>,
+    pub database: String,
+    pub user: String,
+    pub tenant: TenantId,
+    pub params: ParamSet,
+    pub cancel_pid: i32,
+    pub cancel_secret: i32,
+}
+
+pub enum LoginOutcome {
+    Session(Box<LoggedIn>),
+    Cancel { pid: i32, secret: i32 },
+}
+
+/// Why a login ended without a session. `Refused` carries what the client is told.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error("{message}")]
+    Refused {
+        sqlstate: &'static str,
+        message: String,
+        /// Short stable label for logs and metrics.
+        reason: &'static str,
+    },
+    #[error("client went away during login")]
+    Gone,
+    #[error("i/o error during login: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl LoginError {
+    fn refused(sqlstate: &'static str, reason: &'static str, message: impl Into<String>) -> Self {
+        LoginError::Refused {
+            sqlstate,
+            message: message.into(),
+            reason,
+        }
+    }
+}
+
+impl From<TokenError> for LoginError {
+    fn from(e: TokenError) -> Self {
+        LoginError::Refused {
+            sqlstate: e.sqlstate(),
+            message: e.client_message(),
+            reason: e.reason_label(),
+        }
+    }
+}
+
+/// Runs the login phase up to (not including) the final ReadyForQuery.
+pub async fn login(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    over_limit: bool,
+    out: &mut BytesMut,
+) -> Result<LoginOutcome, LoginError> {
+    let params = loop {
+        match startup::read_packet(stream).await {
+            Ok(StartupPacket::SslRequest) | Ok(StartupPacket::GssEncRequest) => {
+                // No TLS or GSS encryption yet: PostgreSQL's answer for "not available".
+                stream.write_all(b"N").await?;
+            }
+            Ok(StartupPacket::Cancel { pid, secret }) => {
+                return Ok(LoginOutcome::Cancel { pid, secret });
+            }
+            Ok(StartupPacket::Startup(p)) => break p,
+            Err(StartupError::Eof) => return Err(LoginError::Gone),
+            Err(StartupError::Io(e)) => return Err(LoginError::Io(e)),
+            Err(e @ StartupError::UnsupportedProtocol { .. }) => {
+                return Err(LoginError::refused("0A000", "protocol", e.to_string()));
+            }
+            Err(e) => return Err(LoginError::refused("08P01", "protocol", e.to_string())),
+        }
+    };
+    if over_limit {
+        return Err(LoginError::refused(
+            "53300",
+            "max_client_conn",
+            "sorry, too many clients already (max_client_conn reached)",
+        ));
+    }
+    let request = ClientRequest::from_startup(&params, shared)?;
+    let pool = shared
+        .pools
+        .get(&request.database)
+        .cloned()
+        .ok_or_else(|| {
+            LoginError::refused(
+                "3D000",
+                "unknown_database",
+                format!("database \"{}\" does not exist", request.database),
+            )
+        })?;
+
+    let loopback = peer.ip().is_loopback()
+        || matches!(peer.ip(), std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()));
+    if !loopback && !shared.config.general.allow_plaintext_token {
+        return Err(LoginError::refused(
+            "28000",
+            "plaintext_token",
+            "tenant tokens are not accepted over an unencrypted connection from a non-loopback \
+             address (set allow_plaintext_token = true to allow it)",
+        ));
+    }
+
+    let token = match request.token {
+        Some(t) => t,
+        None => {
+            messages::auth_cleartext_password(out);
+            stream.write_all(out).await?;
+            out.clear();
+            read_password(stream).await?
+        }
+    };
+    let verified = shared.verifier.verify(&token)?;
+    drop(token);
+
+    let server_params = pool
+        .startup_params()
+        .await
+        .map_err(|e| LoginError::Refused {
+            sqlstate: static_sqlstate(e.sqlstate()),
+            message: e.to_string(),
+            reason: "upstream",
+        })?;
+
+    messages::auth_ok(out);
+    for (name, value) in &server_params {
+        let value = match tracked_index(name).and_then(|i| request.params[i].as_deref()) {
+            Some(v) => v,
+            None if name == "is_superuser" => "off",
+            None => value.as_str(),
+        };
+        messages::parameter_status(out, name, value);
+    }
+    let (cancel_pid, cancel_secret) = cancel_key();
+    messages::backend_key_data(out, cancel_pid, cancel_secret);
+    Ok(LoginOutcome::Session(Box::new(LoggedIn {
+        pool,
+        database: request.database,
+        user: request.user,
+        tenant: verified.tenant,
+        params: request.params,
+        cancel_pid,
+        cancel_secret,
+    })))
+}
+
+/// A random process id and secret from the OS CSPRNG: the key a client must present to
+/// cancel its query, so it must not be guessable.
+fn cancel_key() -> (i32, i32) {
+    use rand::TryRngCore;
+    let mut bytes = [0u8; 8];
+    if rand::rngs::OsRng.try_fill_bytes(&mut bytes).is_err() {
+        // Without OS randomness fall back to the thread RNG (itself seeded from the OS).
+        rand::fill(&mut bytes);
+    }
+    let pid = i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) & 0x7fff_ffff;
+    let secret = i32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    (pid.max(1), secret)
+}
+
+fn static_sqlstate(s: &str) -> &'static str {
+    match s {
+        "57014" => "57014",
+        "28000" => "28000",
+        "57P01" => "57P01",
+        "53300" => "53300",
+        "57P03" => "57P03",
+        "08001" => "08001",
+        _ => "08006",
+    }
+}
+
+/// What a client asked for in its startup packet.
+struct ClientRequest {
+    database: String,
+    user: String,
+    token: Option<String>,
+    params: ParamSet,
+}
+
+impl ClientRequest {
+    fn from_startup(p: &StartupParams, shared: &Shared) -> Result<ClientRequest, LoginError> {
+        let user = p.get("user").unwrap_or_default().to_owned();
+        if user.is_empty() {
+            return Err(LoginError::refused(
+                "28000",
+                "protocol",
+                "no PostgreSQL user name specified in startup packet",
+            ));
+        }
+        let database = p
+            .get("database")
+            .filter(|d| !d.is_empty())
+            .unwrap_or(&user)
+            .to_owned();
+        let mut token = None;
+        let mut params: ParamSet = Default::default();
+        let tenant_setting = shared.config.general.tenant_setting.as_str();
+        let mut set = |name: &str,
+                       value: &str,
+                       token: &mut Option<String>|
+         -> Result<(), LoginError> {
+            if name == "tenant_token" {
+                *token = Some(value.to_owned());
+            } else if name.eq_ignore_ascii_case(tenant_setting) {
+                return Err(LoginError::refused(
+                    "42501",
+                    "guard",
+                    format!(
+                        "setting \"{tenant_setting}\" is managed by pgtenant and cannot be set by a client"
+                    ),
+                ));
+            } else if let Some(i) = tracked_index(name) {
+                params[i] = Some(value.to_owned());
+            } else if name == "replication" {
+                return Err(LoginError::refused(
+                    "0A000",
+                    "protocol",
+                    "replication connections are not supported by pgtenant",
+                ));
+            } else {
+                tracing::debug!(parameter = name, "ignoring unsupported startup parameter");
+            }
+            Ok(())
+        };
+        for (name, value) in &p.params {
+            match name.as_str() {
+                "user" | "database" => {}
+                "options" => {
+                    for opt in startup::parse_options(value) {
+                        match opt {
+                            Ok((n, v)) => set(&n, &v, &mut token)?,
+                            Err(_) => {
+                                return Err(LoginError::refused(
+                                    "08P01",
+                                    "protocol",
+                                    "unsupported command-line option in \"options\": only -c name=value is accepted",
+                                ));
+                            }
+                        }
+                    }
+                }
+                _ => set(name, value, &mut token)?,
+            }
+        }
+        debug_assert_eq!(params.len(), TRACKED.len());
+        Ok(ClientRequest {
+            database,
+            user,
+            token,
+            params,
+        })
+    }
+}
+
+async fn read_password(stream: &mut TcpStream) -> Result<String, LoginError> {
+    let mut header = [0u8; 5];
+    match stream.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(LoginError::Gone),
+        Err(e) => return Err(e.into()),
+    }
+    if header[0] != b'p' {
+        return Err(LoginError::refused(
+            "08P01",
+            "protocol",
+            format!(
+                "expected a password message, got message type '{}'",
+                char::from(header[0]).escape_default()
+            ),
+        ));
+    }
+    let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+    if len < 5 || len as usize > MAX_PASSWORD_MESSAGE {
+        return Err(LoginError::refused(
+            "08P01",
+            "protocol",
+            format!("invalid password message length {len}"),
+        ));
+    }
+    let mut body = vec![0u8; len as usize - 4];
+    stream.read_exact(&mut body).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            LoginError::Gone
+        } else {
+            LoginError::Io(e)
+        }
+    })?;
+    if body.last() != Some(&0) {
+        return Err(LoginError::refused(
+            "08P01",
+            "protocol",
+            "invalid password message",
+        ));
+    }
+    body.pop();
+    if body.is_empty() {
+        return Err(LoginError::refused(
+            "28P01",
+            "missing_token",
+            "no tenant token given: pass the token as the password",
+        ));
+    }
+    String::from_utf8(body)
+        .map_err(|_| LoginError::refused("28000", "malformed", "tenant token is not valid UTF-8"))
+}
+
+/// Appends the FATAL error for a refused login.
+pub fn refusal(out: &mut BytesMut, sqlstate: &str, message: &str) {
+    messages::error_response(out, Severity::Fatal, sqlstate, message, None);
+}

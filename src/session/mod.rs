@@ -1,0 +1,1009 @@
+//! One client connection, from login to close: the transaction-mode state machine.
+//!
+//! A session owns its client socket and, between the first message of a transaction and the
+//! ReadyForQuery that ends it, one server connection checked out of its database's pool.
+//! Client messages are forwarded as the bytes the client sent; only the few fields that
+//! decide binding, injection and splitting are read. Before the client's first statement of
+//! every transaction the session injects `set_config(<tenant setting>, <tenant>, true)` as a
+//! Bind/Execute of a statement prepared on every server — in the same write as the client's
+//! messages — and swallows its replies, so the client sees exactly what PostgreSQL would
+//! have sent for its own messages. A session never returns a server to the pool unless it
+//! is idle, with nothing outstanding; anything else closes that server.
+
+pub mod expect;
+pub mod login;
+pub mod params;
+pub mod plan;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::pool::statements::StmtDef;
+use crate::pool::{Checkout, Pool};
+use crate::protocol::messages::{self, Severity};
+use crate::protocol::{self, FrameError, peek_frame};
+use crate::server::{INJECT_SQL, INJECT_STATEMENT};
+use crate::state::Shared;
+use crate::tenant::TenantId;
+use expect::{ExpectQueue, Expected, Owner, Reply, Verdict};
+use login::{LoggedIn, LoginError, LoginOutcome};
+use params::{ParamSet, tracked_index};
+use plan::SqlPlan;
+
+/// Above this many bytes queued for one side, stop reading from the other (backpressure).
+const HIGH_WATER: usize = 256 * 1024;
+/// Server messages can be as large as PostgreSQL allows (1 GB).
+const MAX_SERVER_MESSAGE: usize = 0x3fff_ffff;
+/// Initial read buffer for an active connection.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Why a session ended abnormally. `Client` errors are told to the client before closing.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("{message}")]
+    Client {
+        sqlstate: &'static str,
+        message: String,
+    },
+    #[error("client connection lost: {0}")]
+    ClientIo(std::io::Error),
+    #[error("server connection lost: {0}")]
+    ServerIo(std::io::Error),
+    #[error("server replies out of step with requests (message type '{0}')")]
+    Desync(char),
+}
+
+impl SessionError {
+    fn client(sqlstate: &'static str, message: impl Into<String>) -> Self {
+        SessionError::Client {
+            sqlstate,
+            message: message.into(),
+        }
+    }
+}
+
+/// Serves one accepted client connection to the end.
+pub async fn serve_client(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    over_limit: bool,
+) {
+    let client_id = shared.next_client_id();
+    let _ = stream.set_nodelay(true);
+    let mut out = BytesMut::new();
+    let login_timeout = shared.config.general.client_login_timeout;
+    let outcome = tokio::time::timeout(
+        login_timeout,
+        login::login(&mut stream, peer, &shared, over_limit, &mut out),
+    )
+    .await;
+    let logged_in = match outcome {
+        Err(_) => {
+            out.clear();
+            login::refusal(
+                &mut out,
+                "08006",
+                "client_login_timeout expired before login completed",
+            );
+            let _ = stream.write_all(&out).await;
+            tracing::info!(client = client_id, %peer, "login timed out");
+            return;
+        }
+        Ok(Ok(LoginOutcome::Cancel { pid, secret })) => {
+            tracing::debug!(
+                client = client_id,
+                pid,
+                secret_ok = secret != 0,
+                "cancel request ignored: no running query to cancel"
+            );
+            return;
+        }
+        Ok(Ok(LoginOutcome::Session(l))) => l,
+        Ok(Err(LoginError::Refused {
+            sqlstate,
+            message,
+            reason,
+        })) => {
+            out.clear();
+            login::refusal(&mut out, sqlstate, &message);
+            let _ = stream.write_all(&out).await;
+            tracing::info!(client = client_id, %peer, reason, sqlstate, "login refused");
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(client = client_id, %peer, error = %e, "login ended");
+            return;
+        }
+    };
+    if shared.config.general.log_connections {
+        tracing::info!(client = client_id, %peer, tenant = %logged_in.tenant, db = %logged_in.database, user = %logged_in.user, "login");
+    }
+    messages::ready_for_query(&mut out, b'I');
+    let mut session = Session::new(client_id, stream, *logged_in, &shared, out);
+    let result = session.run().await;
+    session.finish(result, &shared).await;
+}
+
+struct Session {
+    id: u64,
+    client: TcpStream,
+    pool: Arc<Pool>,
+    tenant: TenantId,
+    max_packet: usize,
+    idle_transaction_timeout: Option<Duration>,
+    /// Client bytes read but not yet handled.
+    cbuf: BytesMut,
+    to_client: BytesMut,
+    to_server: BytesMut,
+    server: Option<Checkout>,
+    expect: ExpectQueue,
+    /// Transaction status from the bound server's latest ReadyForQuery.
+    status: u8,
+    /// Extended-protocol messages forwarded since the last Sync.
+    unsynced: bool,
+    /// The tenant is set in the server's current transaction, as of the latest message
+    /// forwarded.
+    in_force: bool,
+    /// What `in_force` becomes when the ReadyForQuery of the latest Sync/Query arrives and
+    /// the transaction is still open.
+    in_force_if_open: bool,
+    /// Messages forwarded so far, and the count when the latest Sync/Query was forwarded.
+    forwarded: u64,
+    forwarded_at_ready: u64,
+    /// Remaining parts of a client Query split after a transaction-ending statement.
+    pieces: VecDeque<Range<usize>>,
+    pieces_text: Bytes,
+    /// Bind + Execute of the injection statement with this client's tenant, built once.
+    inject: Bytes,
+    /// Parameters the client chose.
+    params: ParamSet,
+    /// The client's prepared statements, by its names.
+    statements: HashMap<Bytes, ClientStatement>,
+    /// The server's state cannot be vouched for: close it instead of returning it.
+    dirty: bool,
+}
+
+/// A statement the client prepared: what pgtenant knows of its SQL, and for a named one the
+/// shared server-side statement it maps to.
+struct ClientStatement {
+    plan: SqlPlan,
+    shared: Option<Arc<StmtDef>>,
+}
+
+enum Event {
+    ClientReadable(std::io::Result<()>),
+    ServerReadable(std::io::Result<()>),
+    ClientWritable(std::io::Result<()>),
+    ServerWritable(std::io::Result<()>),
+    IdleTransactionTimeout,
+}
+
+enum Progress {
+    /// Need more client bytes (or the client must wait for the server).
+    Idle,
+    /// The next message starts a transaction: a server is needed.
+    NeedServer,
+    /// The client said Terminate.
+    Terminate,
+}
+
+impl Session {
+    fn new(id: u64, client: TcpStream, l: LoggedIn, shared: &Shared, out: BytesMut) -> Session {
+        let setting = shared.config.general.tenant_setting.as_bytes();
+        let inject = build_injection(setting, l.tenant.as_str().as_bytes());
+        Session {
+            id,
+            client,
+            pool: l.pool,
+            tenant: l.tenant,
+            max_packet: shared.config.general.max_packet_size,
+            idle_transaction_timeout: shared.config.general.idle_transaction_timeout,
+            cbuf: BytesMut::new(),
+            to_client: out,
+            to_server: BytesMut::new(),
+            server: None,
+            expect: ExpectQueue::default(),
+            status: b'I',
+            unsynced: false,
+            in_force: false,
+            in_force_if_open: false,
+            forwarded: 0,
+            forwarded_at_ready: 0,
+            pieces: VecDeque::new(),
+            pieces_text: Bytes::new(),
+            inject,
+            params: l.params,
+            statements: HashMap::new(),
+            dirty: false,
+        }
+    }
+
+    async fn run(&mut self) -> Result<(), SessionError> {
+        loop {
+            // Handle whatever complete client messages are buffered.
+            loop {
+                match self.process_client()? {
+                    Progress::Idle => break,
+                    Progress::Terminate => return Ok(()),
+                    Progress::NeedServer => self.bind_server().await?,
+                }
+            }
+            self.maybe_release();
+            if self.cbuf.capacity() > READ_CHUNK * 4 && self.cbuf.is_empty() {
+                self.cbuf = BytesMut::new();
+            }
+
+            let want_client = self.to_server.len() < HIGH_WATER && self.pieces.is_empty();
+            let want_server = self.server.is_some() && self.to_client.len() < HIGH_WATER;
+            let idle_in_txn = self.server.is_some()
+                && self.expect.is_empty()
+                && matches!(self.status, b'T' | b'E')
+                && self.to_server.is_empty();
+            let idle_timeout = self.idle_transaction_timeout.filter(|_| idle_in_txn);
+            let server_stream = self.server.as_ref().map(Checkout::stream);
+            let client = &self.client;
+            let event = tokio::select! {
+                biased;
+                r = client.writable(), if !self.to_client.is_empty() => Event::ClientWritable(r),
+                r = writable(server_stream), if !self.to_server.is_empty() => Event::ServerWritable(r),
+                r = readable(server_stream), if want_server => Event::ServerReadable(r),
+                r = client.readable(), if want_client => Event::ClientReadable(r),
+                _ = sleep_opt(idle_timeout) => Event::IdleTransactionTimeout,
+            };
+            match event {
+                Event::ClientWritable(r) => {
+                    r.map_err(SessionError::ClientIo)?;
+                    write_some(&self.client, &mut self.to_client)
+                        .map_err(SessionError::ClientIo)?;
+                }
+                Event::ServerWritable(r) => {
+                    r.map_err(SessionError::ServerIo)?;
+                    let Some(server) = self.server.as_ref() else {
+                        return Err(SessionError::Desync('?'));
+                    };
+                    write_some(server.stream(), &mut self.to_server)
+                        .map_err(SessionError::ServerIo)?;
+                }
+                Event::ServerReadable(r) => {
+                    r.map_err(SessionError::ServerIo)?;
+                    let server = self.server_mut()?;
+                    let conn = server.conn();
+                    if conn.rbuf.capacity() - conn.rbuf.len() < 1024 {
+                        conn.rbuf.reserve(READ_CHUNK);
+                    }
+                    match conn.stream.try_read_buf(&mut conn.rbuf) {
+                        Ok(0) => {
+                            return Err(SessionError::ServerIo(std::io::Error::new(
+                                std::io::ErrorKind::UnexpectedEof,
+                                "server closed the connection",
+                            )));
+                        }
+                        Ok(_) => self.process_server()?,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(SessionError::ServerIo(e)),
+                    }
+                }
+                Event::ClientReadable(r) => {
+                    r.map_err(SessionError::ClientIo)?;
+                    if self.cbuf.capacity() - self.cbuf.len() < 1024 {
+                        self.cbuf.reserve(READ_CHUNK);
+                    }
+                    match self.client.try_read_buf(&mut self.cbuf) {
+                        Ok(0) => return Ok(()),
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(SessionError::ClientIo(e)),
+                    }
+                }
+                Event::IdleTransactionTimeout => {
+                    return Err(SessionError::client(
+                        "25P03",
+                        "terminating connection due to idle-in-transaction timeout (idle_transaction_timeout)",
+                    ));
+                }
+            }
+        }
+    }
+
+    fn server_mut(&mut self) -> Result<&mut Checkout, SessionError> {
+        self.server.as_mut().ok_or(SessionError::Desync('?'))
+    }
+
+    /// Checks out a server for the transaction the next client message starts.
+    async fn bind_server(&mut self) -> Result<(), SessionError> {
+        let mut checkout = match self.pool.checkout().await {
+            Ok(c) => c,
+            Err(e) => {
+                let sqlstate = match e.sqlstate() {
+                    "57014" => "57014",
+                    "28000" => "28000",
+                    "57P01" => "57P01",
+                    "08001" => "08001",
+                    "53300" => "53300",
+                    "57P03" => "57P03",
+                    _ => "08006",
+                };
+                return Err(SessionError::client(sqlstate, e.to_string()));
+            }
+        };
+        self.status = b'I';
+        self.unsynced = false;
+        self.in_force = false;
+        self.expect.clear();
+        self.dirty = false;
+        let conn = checkout.conn();
+        if params::append_sync_query(&mut self.to_server, &self.params, &mut conn.tracked) {
+            self.expect.push(Expected::proxy(Reply::Query));
+        }
+        self.server = Some(checkout);
+        Ok(())
+    }
+
+    /// Returns the server to the pool once the client's transaction is over.
+    fn maybe_release(&mut self) {
+        let done = self.server.is_some()
+            && self.expect.is_empty()
+            && !self.unsynced
+            && self.status == b'I'
+            && self.pieces.is_empty()
+            && self.to_server.is_empty();
+        if !done {
+            return;
+        }
+        // A pipelined next transaction is already here: keep the server for it.
+        if !self.dirty && matches!(peek_frame(&self.cbuf, self.max_packet), Ok(Some(_))) {
+            return;
+        }
+        if let Some(server) = self.server.take() {
+            if self.dirty {
+                server.discard();
+            } else {
+                server.release();
+            }
+        }
+        self.in_force = false;
+    }
+
+    /// Handles buffered client messages until one needs something that is not there yet.
+    fn process_client(&mut self) -> Result<Progress, SessionError> {
+        loop {
+            if !self.pieces.is_empty() {
+                return Ok(Progress::Idle);
+            }
+            let frame = match peek_frame(&self.cbuf, self.max_packet) {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(Progress::Idle),
+                Err(e @ FrameError::TooLarge { .. }) => {
+                    return Err(SessionError::client("54000", e.to_string()));
+                }
+                Err(e) => return Err(SessionError::client("08P01", e.to_string())),
+            };
+            let tag = frame.tag;
+            if tag == b'X' {
+                return Ok(Progress::Terminate);
+            }
+            if self.server.is_none() {
+                return Ok(Progress::NeedServer);
+            }
+            // A Query or FunctionCall that starts a transaction needs the tenant injected
+            // ahead of it; that is only safe once the server's state is known.
+            if matches!(tag, b'Q' | b'F') && !self.in_force && !self.expect.is_empty() {
+                return Ok(Progress::Idle);
+            }
+            let msg = protocol::take_frame(&mut self.cbuf, frame);
+            self.forward_client_message(tag, msg)?;
+        }
+    }
+
+    fn forward_client_message(&mut self, tag: u8, msg: Bytes) -> Result<(), SessionError> {
+        let body = protocol::payload(&msg);
+        match tag {
+            b'Q' => return self.forward_query(msg),
+            b'P' => {
+                let (name, rest) = split_cstr(body)?;
+                let (query, _) = split_cstr(rest)?;
+                if name == INJECT_STATEMENT.as_bytes() {
+                    return Err(SessionError::client(
+                        "42P05",
+                        format!(
+                            "prepared statement name \"{INJECT_STATEMENT}\" is reserved by pgtenant"
+                        ),
+                    ));
+                }
+                let plan = SqlPlan::of_statement(&String::from_utf8_lossy(query));
+                if name.is_empty() {
+                    self.statements
+                        .insert(Bytes::new(), ClientStatement { plan, shared: None });
+                    self.push_client(msg, Some(Reply::Parse));
+                } else if let Some(existing) =
+                    self.statements.get(name).and_then(|s| s.shared.clone())
+                {
+                    // PostgreSQL refuses to redefine a prepared statement (42P05): have the
+                    // server refuse it the same way by parsing the existing one again.
+                    self.ensure_prepared(&existing);
+                    self.to_server.extend_from_slice(&existing.parse);
+                    self.expect.push(Expected::client(Reply::Parse));
+                    self.unsynced = true;
+                    self.forwarded += 1;
+                } else {
+                    let def = self.pool.statements.register(rest);
+                    let on_server = self.server_conn()?.prepared.contains(&def.id);
+                    self.statements.insert(
+                        msg.slice_ref(name),
+                        ClientStatement {
+                            plan,
+                            shared: Some(Arc::clone(&def)),
+                        },
+                    );
+                    if on_server {
+                        self.expect.push(Expected::synthetic(b'1'));
+                        self.unsynced = true;
+                    } else {
+                        self.send_close_statement(&def.name);
+                        self.server_conn()?.prepared.insert(def.id);
+                        self.to_server.extend_from_slice(&def.parse);
+                        self.expect
+                            .push(Expected::client(Reply::Parse).with_stmt(def.id));
+                        self.unsynced = true;
+                        self.forwarded += 1;
+                    }
+                    self.answer_synthetic();
+                }
+            }
+            b'B' => {
+                let (portal, rest) = split_cstr(body)?;
+                let (stmt, tail) = split_cstr(rest)?;
+                let (plan, shared) = match self.statements.get(stmt) {
+                    Some(s) => (s.plan.clone(), s.shared.clone()),
+                    None => (SqlPlan::default(), None),
+                };
+                if !self.in_force && !plan.no_transaction_block {
+                    self.inject_tenant();
+                }
+                if plan.drops_prepared {
+                    self.mark_reprepare();
+                }
+                match shared {
+                    Some(def) => {
+                        self.ensure_prepared(&def);
+                        protocol::put_message(&mut self.to_server, b'B', |b| {
+                            protocol::put_cstr(b, portal);
+                            protocol::put_cstr(b, def.name.as_bytes());
+                            b.extend_from_slice(tail);
+                        });
+                        self.expect.push(Expected::client(Reply::Bind));
+                        self.unsynced = true;
+                        self.forwarded += 1;
+                    }
+                    None => self.push_client(msg, Some(Reply::Bind)),
+                }
+                if plan.ends_transaction {
+                    self.in_force = false;
+                }
+            }
+            b'E' => self.push_client(msg, Some(Reply::Execute)),
+            b'D' => match body.first() {
+                Some(b'S') => {
+                    let (name, _) = split_cstr(&body[1..])?;
+                    match self.statements.get(name).and_then(|s| s.shared.clone()) {
+                        Some(def) => {
+                            self.ensure_prepared(&def);
+                            protocol::put_message(&mut self.to_server, b'D', |b| {
+                                b.extend_from_slice(b"S");
+                                protocol::put_cstr(b, def.name.as_bytes());
+                            });
+                            self.expect.push(Expected::client(Reply::DescribeStatement));
+                            self.unsynced = true;
+                            self.forwarded += 1;
+                        }
+                        None => self.push_client(msg, Some(Reply::DescribeStatement)),
+                    }
+                }
+                Some(b'P') => self.push_client(msg, Some(Reply::DescribePortal)),
+                _ => {
+                    return Err(SessionError::client(
+                        "08P01",
+                        "invalid DESCRIBE message subtype",
+                    ));
+                }
+            },
+            b'C' => match body.first() {
+                Some(b'S') => {
+                    let (name, _) = split_cstr(&body[1..])?;
+                    if name.is_empty() {
+                        self.statements.remove(name);
+                        self.push_client(msg, Some(Reply::Close));
+                    } else {
+                        // The shared server-side statement stays for other clients; closing
+                        // a name that does not exist is not an error in PostgreSQL either.
+                        self.statements.remove(name);
+                        self.expect.push(Expected::synthetic(b'3'));
+                        self.unsynced = true;
+                        self.answer_synthetic();
+                    }
+                }
+                Some(b'P') => self.push_client(msg, Some(Reply::Close)),
+                _ => {
+                    return Err(SessionError::client(
+                        "08P01",
+                        "invalid CLOSE message subtype",
+                    ));
+                }
+            },
+            b'S' => {
+                self.push_client(msg, Some(Reply::Sync));
+                self.unsynced = false;
+                self.await_ready();
+            }
+            b'H' => self.push_client(msg, None),
+            b'F' => {
+                if !self.in_force && self.status != b'E' {
+                    self.inject_tenant();
+                }
+                self.push_client(msg, Some(Reply::FunctionCall));
+                self.unsynced = false;
+                self.await_ready();
+            }
+            b'd' | b'c' | b'f' => self.push_client(msg, None),
+            other => {
+                return Err(SessionError::client(
+                    "08P01",
+                    format!(
+                        "invalid frontend message type '{}'",
+                        char::from(other).escape_default()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Forwards a simple Query, splitting it after a transaction-ending statement that is
+    /// followed by more statements, so that every transaction gets the tenant.
+    fn forward_query(&mut self, msg: Bytes) -> Result<(), SessionError> {
+        let (text, _) = split_cstr(protocol::payload(&msg))?;
+        let plan = match std::str::from_utf8(text) {
+            Ok(t) => SqlPlan::of_query(t),
+            // Not UTF-8 (a single-byte client encoding): scan what decodes; the splitting
+            // points only ever fall on ASCII bytes, so offsets stay valid.
+            Err(_) => SqlPlan::of_query(&String::from_utf8_lossy(text)),
+        };
+        let needs_tenant = plan.statements > 0 && !plan.no_transaction_block;
+        if !self.in_force && needs_tenant && self.status != b'E' {
+            self.inject_tenant();
+        }
+        if plan.drops_prepared {
+            self.mark_reprepare();
+        }
+        if plan.splits.is_empty() {
+            self.push_client(msg.clone(), Some(Reply::Query));
+            self.in_force_if_open = (self.in_force || !needs_tenant) && !plan.ends_transaction;
+        } else {
+            let text = msg.slice_ref(text);
+            let mut start = 0;
+            for &at in &plan.splits {
+                self.pieces.push_back(start..at);
+                start = at;
+            }
+            self.pieces.push_back(start..text.len());
+            self.pieces_text = text;
+            self.send_next_piece(false);
+            self.in_force_if_open = false;
+        }
+        self.unsynced = false;
+        self.forwarded_at_ready = self.forwarded;
+        self.in_force = false;
+        Ok(())
+    }
+
+    /// Sends the next part of a split Query, with the tenant set first when the server's
+    /// transaction is usable.
+    fn send_next_piece(&mut self, inject: bool) {
+        let Some(range) = self.pieces.pop_front() else {
+            return;
+        };
+        if inject {
+            self.inject_tenant();
+        }
+        let piece = &self.pieces_text[range];
+        protocol::put_message(&mut self.to_server, b'Q', |b| protocol::put_cstr(b, piece));
+        self.expect.push(Expected::piece(self.pieces.is_empty()));
+        self.forwarded += 1;
+        self.forwarded_at_ready = self.forwarded;
+    }
+
+    /// After a Sync/FunctionCall: the transaction may end there, so until its ReadyForQuery
+    /// says otherwise the next statement gets the tenant again (harmless if it was still set).
+    fn await_ready(&mut self) {
+        self.in_force_if_open = self.in_force;
+        self.in_force = false;
+        self.forwarded_at_ready = self.forwarded;
+    }
+
+    fn push_client(&mut self, msg: Bytes, reply: Option<Reply>) {
+        self.to_server.extend_from_slice(&msg);
+        if let Some(reply) = reply {
+            self.expect.push(Expected::client(reply));
+            if !reply.ends_with_ready() {
+                self.unsynced = true;
+            }
+        }
+        self.forwarded += 1;
+    }
+
+    /// Something may have deallocated statements on the server (DEALLOCATE, DISCARD):
+    /// prepare again whatever is needed next.
+    fn mark_reprepare(&mut self) {
+        if let Some(server) = self.server.as_mut() {
+            let conn = server.conn();
+            conn.needs_reprepare = true;
+            conn.prepared.clear();
+        }
+    }
+
+    fn server_conn(&mut self) -> Result<&mut crate::server::ServerConn, SessionError> {
+        match self.server.as_mut() {
+            Some(s) => Ok(s.conn()),
+            None => Err(SessionError::Desync('?')),
+        }
+    }
+
+    /// Prepares a shared statement on the bound server if it is not there yet (Close first:
+    /// after a DEALLOCATE pgtenant cannot tell whether it survived).
+    fn ensure_prepared(&mut self, def: &Arc<StmtDef>) {
+        let Some(server) = self.server.as_mut() else {
+            return;
+        };
+        if !server.conn().prepared.insert(def.id) {
+            return;
+        }
+        self.send_close_statement(&def.name);
+        self.to_server.extend_from_slice(&def.parse);
+        self.expect
+            .push(Expected::proxy(Reply::Parse).with_stmt(def.id));
+    }
+
+    fn send_close_statement(&mut self, name: &str) {
+        protocol::put_message(&mut self.to_server, b'C', |b| {
+            b.extend_from_slice(b"S");
+            protocol::put_cstr(b, name.as_bytes());
+        });
+        self.expect.push(Expected::proxy(Reply::Close));
+    }
+
+    /// Answers synthetic entries that reached the front of the queue.
+    fn answer_synthetic(&mut self) {
+        while let Some(tag) = self.expect.take_synthetic() {
+            messages::empty_reply(&mut self.to_client, tag);
+        }
+    }
+
+    /// Appends the tenant injection ahead of the next client message.
+    fn inject_tenant(&mut self) {
+        if let Some(server) = self.server.as_mut() {
+            let conn = server.conn();
+            if conn.needs_reprepare {
+                conn.needs_reprepare = false;
+                let mut b = BytesMut::new();
+                protocol::put_message(&mut b, b'C', |b| {
+                    b.extend_from_slice(b"S");
+                    protocol::put_cstr(b, INJECT_STATEMENT.as_bytes());
+                });
+                protocol::put_message(&mut b, b'P', |b| {
+                    protocol::put_cstr(b, INJECT_STATEMENT.as_bytes());
+                    protocol::put_cstr(b, INJECT_SQL.as_bytes());
+                    b.extend_from_slice(&2i16.to_be_bytes());
+                    b.extend_from_slice(&25u32.to_be_bytes());
+                    b.extend_from_slice(&25u32.to_be_bytes());
+                });
+                self.to_server.extend_from_slice(&b);
+                self.expect.push(Expected::proxy(Reply::Close));
+                self.expect.push(Expected::proxy(Reply::Parse));
+            }
+        }
+        self.to_server.extend_from_slice(&self.inject);
+        self.expect.push(Expected::proxy(Reply::Bind));
+        self.expect.push(Expected::proxy(Reply::Execute));
+        self.in_force = true;
+    }
+
+    /// Handles complete server messages: forwards the client's replies, swallows the
+    /// replies to injected messages, and tracks transaction state.
+    fn process_server(&mut self) -> Result<(), SessionError> {
+        let Some(server) = self.server.as_mut() else {
+            return Ok(());
+        };
+        let mut rbuf = std::mem::take(&mut server.conn().rbuf);
+        let result = self.process_server_buf(&mut rbuf);
+        if let Some(server) = self.server.as_mut() {
+            let conn = server.conn();
+            // Keep the allocation of whichever buffer is larger.
+            if conn.rbuf.is_empty() {
+                conn.rbuf = rbuf;
+            } else {
+                rbuf.extend_from_slice(&conn.rbuf);
+                conn.rbuf = rbuf;
+            }
+        }
+        result
+    }
+
+    fn process_server_buf(&mut self, rbuf: &mut BytesMut) -> Result<(), SessionError> {
+        let mut pos = 0usize;
+        let mut result = Ok(());
+        loop {
+            let frame = match peek_frame(&rbuf[pos..], MAX_SERVER_MESSAGE) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(_) => {
+                    result = Err(SessionError::Desync('?'));
+                    break;
+                }
+            };
+            let msg = &rbuf[pos..pos + frame.total_len];
+            if let Err(e) = self.on_server_message(frame.tag, msg) {
+                result = Err(e);
+                break;
+            }
+            pos += frame.total_len;
+        }
+        let _ = rbuf.split_to(pos);
+        result
+    }
+
+    /// Decides one server message, updates state, and copies it to the client if it is the
+    /// client's.
+    fn on_server_message(&mut self, tag: u8, msg: &[u8]) -> Result<(), SessionError> {
+        let step = self.expect.on_message(tag);
+        if step.verdict == Verdict::Desync {
+            return Err(SessionError::Desync(char::from(tag)));
+        }
+        let mut verdict = step.verdict;
+        if tag == b'E' {
+            if let Some(failed) = step.completed.filter(|e| e.stmt != 0) {
+                // The statement was not created: forget that this server has it, and for
+                // the client's own Parse, that the client has it.
+                if let Some(server) = self.server.as_mut() {
+                    server.conn().prepared.remove(&failed.stmt);
+                }
+                if failed.owner == Owner::Client {
+                    self.statements
+                        .retain(|_, s| s.shared.as_ref().is_none_or(|d| d.id != failed.stmt));
+                } else {
+                    // Preparing for the client's Bind/Describe failed (a table was dropped,
+                    // …): the client's own message would have drawn this error.
+                    verdict = Verdict::Forward;
+                }
+            }
+        }
+        match tag {
+            b'S' => self.on_parameter_status(msg, verdict == Verdict::Forward),
+            b'E' if step.proxy_error && verdict == Verdict::Swallow => {
+                let payload = protocol::payload(msg);
+                let sqlstate = messages::error_sqlstate(payload).unwrap_or_default();
+                let was_query = step.completed.is_none()
+                    && self.expect.front().is_some_and(|e| e.reply == Reply::Query);
+                if was_query {
+                    // pgtenant's own parameter SETs failed: tell the client, and close this
+                    // server afterwards since its settings are now unknown.
+                    self.dirty = true;
+                    self.params = Default::default();
+                    let text = messages::error_field(payload, b'M').unwrap_or_default();
+                    messages::warning(
+                        &mut self.to_client,
+                        "01000",
+                        &format!(
+                            "pgtenant could not apply the connection's session parameters: {}",
+                            String::from_utf8_lossy(text)
+                        ),
+                    );
+                } else if sqlstate == b"25P02" {
+                    // The transaction had already failed: the client's own next message
+                    // would have drawn exactly this error.
+                    verdict = Verdict::Forward;
+                } else {
+                    tracing::error!(
+                        client = self.id,
+                        sqlstate = %String::from_utf8_lossy(sqlstate),
+                        "setting the tenant failed; closing the session"
+                    );
+                    self.dirty = true;
+                    return Err(SessionError::client(
+                        "08P01",
+                        "pgtenant could not set the tenant for this transaction; the connection is closed",
+                    ));
+                }
+            }
+            b'Z' => {
+                let status = protocol::payload(msg).first().copied().unwrap_or(b'I');
+                self.status = status;
+                if let Some(done) = step.completed {
+                    if let Owner::Piece { last: false } = done.owner {
+                        verdict = Verdict::Swallow;
+                        if done.failed {
+                            // PostgreSQL stops a multi-statement query at its first error.
+                            self.pieces.clear();
+                            messages::ready_for_query(&mut self.to_client, status);
+                        } else {
+                            self.send_next_piece(status != b'E');
+                            if !self.pieces.is_empty() || self.expect.len() > 0 {
+                                self.in_force = false;
+                            }
+                        }
+                    }
+                }
+                if self.expect.is_empty() && self.forwarded == self.forwarded_at_ready {
+                    self.in_force = status != b'I' && self.in_force_if_open;
+                }
+            }
+            _ => {}
+        }
+        if verdict == Verdict::Forward {
+            self.to_client.extend_from_slice(msg);
+        }
+        self.answer_synthetic();
+        Ok(())
+    }
+
+    fn on_parameter_status(&mut self, msg: &[u8], forwarded: bool) {
+        let payload = protocol::payload(msg);
+        let Some((name, rest)) = protocol::read_cstr(payload) else {
+            return;
+        };
+        let Some((value, _)) = protocol::read_cstr(rest) else {
+            return;
+        };
+        let (Ok(name), Ok(value)) = (std::str::from_utf8(name), std::str::from_utf8(value)) else {
+            return;
+        };
+        if let Some(i) = tracked_index(name) {
+            if let Some(server) = self.server.as_mut() {
+                server.conn().tracked[i] = Some(value.to_owned());
+            }
+            if forwarded {
+                self.params[i] = Some(value.to_owned());
+            }
+        }
+    }
+
+    /// Closes the session: tells the client why if there is something to tell, and returns
+    /// or closes the server.
+    async fn finish(&mut self, result: Result<(), SessionError>, shared: &Shared) {
+        match &result {
+            Ok(()) => {}
+            Err(SessionError::Client { sqlstate, message }) => {
+                messages::error_response(
+                    &mut self.to_client,
+                    Severity::Fatal,
+                    sqlstate,
+                    message,
+                    None,
+                );
+            }
+            Err(SessionError::ServerIo(e)) => {
+                tracing::warn!(client = self.id, error = %e, "server connection lost mid-transaction");
+                self.dirty = true;
+                messages::error_response(
+                    &mut self.to_client,
+                    Severity::Fatal,
+                    "08006",
+                    "server connection lost during the transaction",
+                    None,
+                );
+            }
+            Err(SessionError::Desync(tag)) => {
+                tracing::error!(client = self.id, tag = %tag, "protocol desync with server; closing both");
+                self.dirty = true;
+                messages::error_response(
+                    &mut self.to_client,
+                    Severity::Fatal,
+                    "08P01",
+                    "pgtenant lost track of the server's replies; the connection is closed",
+                    None,
+                );
+            }
+            Err(SessionError::ClientIo(_)) => {}
+        }
+        if !self.to_client.is_empty() {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                self.client.write_all(&self.to_client),
+            )
+            .await;
+        }
+        if let Some(server) = self.server.take() {
+            let clean = !self.dirty
+                && self.expect.is_empty()
+                && !self.unsynced
+                && self.status == b'I'
+                && self.pieces.is_empty()
+                && self.to_server.is_empty();
+            if clean {
+                server.release();
+            } else {
+                // A transaction may be open on it: never hand it to anyone else.
+                server.discard();
+            }
+        }
+        if shared.config.general.log_disconnections {
+            match &result {
+                Ok(()) => tracing::info!(client = self.id, tenant = %self.tenant, "disconnect"),
+                Err(e) => {
+                    tracing::info!(client = self.id, tenant = %self.tenant, error = %e, "disconnect")
+                }
+            }
+        }
+    }
+}
+
+/// Bind (unnamed portal, the injection statement, text parameters `[setting, tenant]`) and
+/// Execute, exactly as sent before each transaction.
+fn build_injection(setting: &[u8], tenant: &[u8]) -> Bytes {
+    let mut b = BytesMut::new();
+    protocol::put_message(&mut b, b'B', |b| {
+        protocol::put_cstr(b, b"");
+        protocol::put_cstr(b, INJECT_STATEMENT.as_bytes());
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&2i16.to_be_bytes());
+        for v in [setting, tenant] {
+            b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+            b.extend_from_slice(v);
+        }
+        b.extend_from_slice(&0i16.to_be_bytes());
+    });
+    protocol::put_message(&mut b, b'E', |b| {
+        protocol::put_cstr(b, b"");
+        b.extend_from_slice(&0i32.to_be_bytes());
+    });
+    b.freeze()
+}
+
+fn split_cstr(data: &[u8]) -> Result<(&[u8], &[u8]), SessionError> {
+    protocol::read_cstr(data).ok_or_else(|| {
+        SessionError::client("08P01", "invalid message format: missing string terminator")
+    })
+}
+
+async fn readable(s: Option<&TcpStream>) -> std::io::Result<()> {
+    match s {
+        Some(s) => s.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn writable(s: Option<&TcpStream>) -> std::io::Result<()> {
+    match s {
+        Some(s) => s.writable().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_opt(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes as much of `buf` as the socket takes without blocking.
+fn write_some(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<()> {
+    match stream.try_write(buf) {
+        Ok(n) => {
+            let _ = buf.split_to(n);
+            if buf.is_empty() && buf.capacity() > READ_CHUNK * 4 {
+                *buf = BytesMut::new();
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+        Err(e) => Err(e),
+    }
+}

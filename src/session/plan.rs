@@ -1,0 +1,111 @@
+//! What pgtenant needs to know about a client's SQL before forwarding it: whether the tenant
+//! must be set first, where a multi-statement query has to be split because a statement in
+//! the middle ends its transaction, and whether it may drop pgtenant's prepared statement.
+//!
+//! Built on [`crate::sql`]'s scanner; this module never rewrites SQL text, it only finds
+//! byte offsets.
+
+use crate::sql::{self, StatementKind};
+
+/// The facts about one simple-protocol Query or one Parse.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SqlPlan {
+    /// Non-empty statements.
+    pub statements: usize,
+    /// A lone statement that PostgreSQL refuses inside a transaction block (VACUUM,
+    /// CREATE INDEX CONCURRENTLY, …): sent without the tenant, see the README.
+    pub no_transaction_block: bool,
+    /// Some statement commits or rolls back the transaction.
+    pub ends_transaction: bool,
+    /// Some statement may deallocate prepared statements (DEALLOCATE, DISCARD).
+    pub drops_prepared: bool,
+    /// Byte offsets just after each transaction-ending statement that is followed by more
+    /// statements: the query is split there so that each part gets the tenant.
+    pub splits: Vec<usize>,
+}
+
+impl SqlPlan {
+    pub fn of_query(text: &str) -> SqlPlan {
+        let mut plan = SqlPlan::default();
+        let mut pending_split: Option<usize> = None;
+        for stmt in sql::statements(text) {
+            if stmt.kind == StatementKind::Empty {
+                continue;
+            }
+            if let Some(at) = pending_split.take() {
+                plan.splits.push(at);
+            }
+            plan.statements += 1;
+            plan.note(&stmt.kind);
+            if stmt.kind.ends_transaction() {
+                pending_split = Some(stmt.end);
+            }
+            if plan.statements == 1 {
+                plan.no_transaction_block = stmt.kind == StatementKind::NoTransactionBlock;
+            }
+        }
+        if plan.statements != 1 {
+            plan.no_transaction_block = false;
+        }
+        plan
+    }
+
+    pub fn of_statement(text: &str) -> SqlPlan {
+        let kind = sql::classify(text);
+        let mut plan = SqlPlan {
+            statements: usize::from(kind != StatementKind::Empty),
+            no_transaction_block: kind == StatementKind::NoTransactionBlock,
+            ..SqlPlan::default()
+        };
+        plan.note(&kind);
+        plan
+    }
+
+    fn note(&mut self, kind: &StatementKind) {
+        if kind.ends_transaction() {
+            self.ends_transaction = true;
+        }
+        if matches!(
+            kind,
+            StatementKind::Deallocate | StatementKind::Discard | StatementKind::NoTransactionBlock
+        ) {
+            // DISCARD ALL is classified as NoTransactionBlock; the others there never touch
+            // prepared statements, but re-preparing once is cheaper than telling them apart.
+            self.drops_prepared = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_select_needs_nothing_special() {
+        let p = SqlPlan::of_query("SELECT * FROM invoices");
+        assert_eq!(p.statements, 1);
+        assert!(!p.no_transaction_block && !p.ends_transaction && p.splits.is_empty());
+    }
+
+    #[test]
+    fn statements_after_commit_split_the_query() {
+        let q = "INSERT INTO t VALUES (1); COMMIT; SELECT 1";
+        let p = SqlPlan::of_query(q);
+        assert_eq!(p.statements, 3);
+        assert_eq!(p.splits.len(), 1);
+        assert_eq!(q[p.splits[0]..].trim(), "SELECT 1");
+    }
+
+    #[test]
+    fn trailing_commit_does_not_split() {
+        let p = SqlPlan::of_query("BEGIN; SELECT 1; COMMIT;");
+        assert!(p.splits.is_empty());
+        assert!(p.ends_transaction);
+    }
+
+    #[test]
+    fn lone_vacuum_runs_without_transaction_block() {
+        assert!(SqlPlan::of_query("VACUUM invoices").no_transaction_block);
+        assert!(!SqlPlan::of_query("VACUUM invoices; SELECT 1").no_transaction_block);
+    }
+}

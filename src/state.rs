@@ -1,0 +1,66 @@
+//! The state every connection task shares: configuration, the token verifier, the pools and
+//! the client registry used for cancel requests and `max_client_conn`.
+//!
+//! Passed around as an `Arc<Shared>`; there is no global state, so several proxies can run in
+//! one process (as the tests do). Nothing here is locked on the per-message path.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crate::auth::token::TokenVerifier;
+use crate::config::Config;
+use crate::pool::{Pool, PoolSettings};
+
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub verifier: TokenVerifier,
+    pub pools: HashMap<String, Arc<Pool>>,
+    /// Connected clients (logging in or logged in), for `max_client_conn`.
+    pub clients: AtomicUsize,
+    next_client_id: AtomicU64,
+}
+
+/// Why the shared state could not be built from a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("auth: {0}")]
+    Verifier(String),
+}
+
+impl Shared {
+    pub fn new(config: Arc<Config>) -> Result<Arc<Shared>, StateError> {
+        let verifier =
+            TokenVerifier::new(&config.auth).map_err(|e| StateError::Verifier(e.to_string()))?;
+        let g = &config.general;
+        let pools = config
+            .databases
+            .iter()
+            .map(|(name, db)| {
+                let settings = PoolSettings {
+                    pool_size: config.pool_size(db),
+                    min_pool_size: g.min_pool_size,
+                    reserve_pool_size: g.reserve_pool_size,
+                    reserve_pool_timeout: g.reserve_pool_timeout,
+                    query_wait_timeout: g.query_wait_timeout,
+                    server_connect_timeout: g.server_connect_timeout,
+                    server_idle_timeout: g.server_idle_timeout,
+                    server_lifetime: g.server_lifetime,
+                    allow_privileged_role: db.allow_privileged_role,
+                };
+                (name.clone(), Pool::new(name.clone(), db.clone(), settings))
+            })
+            .collect();
+        Ok(Arc::new(Shared {
+            config,
+            verifier,
+            pools,
+            clients: AtomicUsize::new(0),
+            next_client_id: AtomicU64::new(1),
+        }))
+    }
+
+    pub fn next_client_id(&self) -> u64 {
+        self.next_client_id.fetch_add(1, Ordering::Relaxed)
+    }
+}

@@ -91,8 +91,7 @@ password = "{api_password}"
 
     println!();
     println!(
-        "pgtenant demo is running: PostgreSQL {} on 127.0.0.1:{}, pgtenant on 127.0.0.1:{port}",
-        "(throwaway)",
+        "pgtenant demo is running: a throwaway PostgreSQL on 127.0.0.1:{}, pgtenant on 127.0.0.1:{port}",
         cluster.port()
     );
     println!(

@@ -61,7 +61,7 @@ impl PoolError {
 }
 
 enum Grant {
-    Conn(ServerConn),
+    Conn(Box<ServerConn>),
     /// Permission to open one new connection; `total` already counts it.
     Slot,
 }
@@ -179,7 +179,7 @@ impl Pool {
                     return Err(PoolError::Closed(self.name.clone()));
                 }
                 match self.take_idle(&mut st) {
-                    Some(conn) => Ok(Grant::Conn(conn)),
+                    Some(conn) => Ok(Grant::Conn(Box::new(conn))),
                     None if st.total < self.settings.pool_size => {
                         st.total += 1;
                         Ok(Grant::Slot)
@@ -226,10 +226,10 @@ impl Pool {
             let conn = match grant {
                 Grant::Conn(mut conn) => {
                     if self.is_stale(&mut conn) {
-                        self.forget(conn);
+                        self.forget(*conn);
                         continue;
                     }
-                    conn
+                    *conn
                 }
                 Grant::Slot => self.open_in_slot().await?,
             };
@@ -273,12 +273,11 @@ impl Pool {
     }
 
     fn is_stale(&self, conn: &mut ServerConn) -> bool {
-        if let Some(life) = self.settings.server_lifetime {
-            if conn.created.elapsed() >= life {
-                return true;
-            }
-        }
-        conn.is_dead()
+        let too_old = self
+            .settings
+            .server_lifetime
+            .is_some_and(|life| conn.created.elapsed() >= life);
+        too_old || conn.is_dead()
     }
 
     /// Opens a connection in a slot already counted in `total`; gives the slot back on error.
@@ -374,6 +373,7 @@ impl Pool {
             self.forget(conn);
             return;
         }
+        let mut conn = Box::new(conn);
         while let Some(w) = st.waiters.pop_front() {
             match w.send(Grant::Conn(conn)) {
                 Ok(()) => return,
@@ -384,7 +384,7 @@ impl Pool {
                 }
             }
         }
-        st.idle.push(conn);
+        st.idle.push(*conn);
     }
 
     /// Closes idle connections past `server_idle_timeout` or `server_lifetime`, drops dead

@@ -152,6 +152,14 @@ impl ExpectQueue {
         self.q.clear();
     }
 
+    /// True when nothing is outstanding but pgtenant's own parameter SETs sent at checkout
+    /// (which leave the server idle, so its state is known).
+    pub fn only_proxy_setup(&self) -> bool {
+        self.q
+            .iter()
+            .all(|e| e.owner == Owner::Proxy && e.reply == Reply::Query)
+    }
+
     /// True when a ReadyForQuery-ending entry is queued for the client (a Query, Sync or
     /// FunctionCall still to be answered).
     pub fn owes_ready(&self) -> bool {

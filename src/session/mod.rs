@@ -58,6 +58,8 @@ pub enum SessionError {
     ServerIo(std::io::Error),
     #[error("server replies out of step with requests (message type '{0}')")]
     Desync(char),
+    #[error("server terminated the connection")]
+    ServerTerminated,
 }
 
 impl SessionError {
@@ -395,7 +397,7 @@ impl Session {
             }
             // A Query or FunctionCall that starts a transaction needs the tenant injected
             // ahead of it; that is only safe once the server's state is known.
-            if matches!(tag, b'Q' | b'F') && !self.in_force && !self.expect.is_empty() {
+            if matches!(tag, b'Q' | b'F') && !self.in_force && !self.expect.only_proxy_setup() {
                 return Ok(Progress::Idle);
             }
             let msg = protocol::take_frame(&mut self.cbuf, frame);
@@ -762,13 +764,20 @@ impl Session {
     /// Decides one server message, updates state, and copies it to the client if it is the
     /// client's.
     fn on_server_message(&mut self, tag: u8, msg: &[u8]) -> Result<(), SessionError> {
+        if tag == b'E' && self.expect.is_empty() {
+            // Unsolicited error: PostgreSQL is terminating this backend (shutdown, admin
+            // kill, idle timeout). Pass it on; the connection ends after it.
+            self.to_client.extend_from_slice(msg);
+            self.dirty = true;
+            return Err(SessionError::ServerTerminated);
+        }
         let step = self.expect.on_message(tag);
         if step.verdict == Verdict::Desync {
             return Err(SessionError::Desync(char::from(tag)));
         }
         let mut verdict = step.verdict;
-        if tag == b'E' {
-            if let Some(failed) = step.completed.filter(|e| e.stmt != 0) {
+        if let Some(failed) = step.completed.filter(|e| tag == b'E' && e.stmt != 0) {
+            {
                 // The statement was not created: forget that this server has it, and for
                 // the client's own Parse, that the client has it.
                 if let Some(server) = self.server.as_mut() {
@@ -825,18 +834,22 @@ impl Session {
             b'Z' => {
                 let status = protocol::payload(msg).first().copied().unwrap_or(b'I');
                 self.status = status;
-                if let Some(done) = step.completed {
-                    if let Owner::Piece { last: false } = done.owner {
+                if let Some(done) = step
+                    .completed
+                    .filter(|d| d.owner == Owner::Piece { last: false })
+                {
+                    {
                         verdict = Verdict::Swallow;
                         if done.failed {
                             // PostgreSQL stops a multi-statement query at its first error.
                             self.pieces.clear();
                             messages::ready_for_query(&mut self.to_client, status);
                         } else {
+                            // The part before ended a transaction: the next part starts a
+                            // new one and gets the tenant (unless the server is in a failed
+                            // transaction, where only ROLLBACK can run).
                             self.send_next_piece(status != b'E');
-                            if !self.pieces.is_empty() || self.expect.len() > 0 {
-                                self.in_force = false;
-                            }
+                            self.in_force = false;
                         }
                     }
                 }
@@ -910,7 +923,7 @@ impl Session {
                     None,
                 );
             }
-            Err(SessionError::ClientIo(_)) => {}
+            Err(SessionError::ClientIo(_)) | Err(SessionError::ServerTerminated) => {}
         }
         if !self.to_client.is_empty() {
             let _ = tokio::time::timeout(

@@ -26,26 +26,28 @@ pub struct SqlPlan {
 
 impl SqlPlan {
     pub fn of_query(text: &str) -> SqlPlan {
-        let mut plan = SqlPlan::default();
-        let mut pending_split: Option<usize> = None;
-        for stmt in sql::statements(text) {
-            if stmt.kind == StatementKind::Empty {
-                continue;
-            }
-            if let Some(at) = pending_split.take() {
-                plan.splits.push(at);
-            }
-            plan.statements += 1;
-            plan.note(&stmt.kind);
-            if stmt.kind.ends_transaction() {
-                pending_split = Some(stmt.end);
-            }
-            if plan.statements == 1 {
-                plan.no_transaction_block = stmt.kind == StatementKind::NoTransactionBlock;
-            }
+        // Fast path: one statement (the common case) needs only its leading keywords.
+        let shape = sql::shape(text);
+        if shape.statements <= 1 {
+            let mut plan = SqlPlan {
+                statements: shape.statements,
+                no_transaction_block: shape.first == StatementKind::NoTransactionBlock,
+                ..SqlPlan::default()
+            };
+            plan.note(&shape.first);
+            return plan;
         }
-        if plan.statements != 1 {
-            plan.no_transaction_block = false;
+        let mut plan = SqlPlan {
+            statements: shape.statements,
+            ..SqlPlan::default()
+        };
+        for stmt in sql::statements(text) {
+            plan.note(&stmt.kind);
+        }
+        if shape.splits > 0 {
+            plan.splits = sql::segments(text).map(|seg| seg.end).collect();
+            // The last segment runs to the end of the text: not a split point.
+            plan.splits.pop();
         }
         plan
     }

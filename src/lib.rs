@@ -18,6 +18,7 @@
 //! - [`cluster`] and [`demo`]: a throwaway local PostgreSQL for `pgtenant demo` and tests.
 
 pub mod auth;
+pub mod cancel;
 pub mod cluster;
 pub mod config;
 pub mod demo;

@@ -18,6 +18,8 @@ pub struct Shared {
     pub pools: HashMap<String, Arc<Pool>>,
     /// Connected clients (logging in or logged in), for `max_client_conn`.
     pub clients: AtomicUsize,
+    /// Cancel keys of logged-in clients and the servers they are bound to.
+    pub cancels: crate::cancel::CancelRegistry,
     next_client_id: AtomicU64,
 }
 
@@ -56,6 +58,7 @@ impl Shared {
             verifier,
             pools,
             clients: AtomicUsize::new(0),
+            cancels: Default::default(),
             next_client_id: AtomicU64::new(1),
         }))
     }

@@ -93,6 +93,7 @@ pub struct PoolStats {
 
 pub struct Pool {
     pub name: String,
+    upstream: Arc<str>,
     db: DatabaseConfig,
     settings: PoolSettings,
     state: Mutex<PoolState>,
@@ -113,6 +114,7 @@ impl Pool {
     pub fn new(name: String, db: DatabaseConfig, settings: PoolSettings) -> Arc<Pool> {
         Arc::new(Pool {
             name,
+            upstream: Arc::from(format!("{}:{}", db.host, db.port)),
             db,
             settings,
             state: Mutex::new(PoolState {
@@ -125,6 +127,11 @@ impl Pool {
             counters: PoolCounters::default(),
             statements: statements::StatementRegistry::default(),
         })
+    }
+
+    /// `host:port` of the upstream server (for forwarding cancel requests).
+    pub fn upstream_addr(&self) -> Arc<str> {
+        Arc::clone(&self.upstream)
     }
 
     pub fn settings(&self) -> &PoolSettings {

@@ -31,8 +31,9 @@ pub struct LoggedIn {
     pub user: String,
     pub tenant: TenantId,
     pub params: ParamSet,
+    /// The client's cancel key, registered in [`crate::cancel::CancelRegistry`].
     pub cancel_pid: i32,
-    pub cancel_secret: i32,
+    pub cancel: std::sync::Arc<crate::cancel::CancelSlot>,
 }
 
 pub enum LoginOutcome {
@@ -163,7 +164,12 @@ pub async fn login(
         };
         messages::parameter_status(out, name, value);
     }
-    let (cancel_pid, cancel_secret) = cancel_key();
+    let (cancel_pid, cancel_secret, cancel) = loop {
+        let (pid, secret) = cancel_key();
+        if let Some(slot) = shared.cancels.register(pid, secret) {
+            break (pid, secret, slot);
+        }
+    };
     messages::backend_key_data(out, cancel_pid, cancel_secret);
     Ok(LoginOutcome::Session(Box::new(LoggedIn {
         pool,
@@ -172,7 +178,7 @@ pub async fn login(
         tenant: verified.tenant,
         params: request.params,
         cancel_pid,
-        cancel_secret,
+        cancel,
     })))
 }
 

@@ -25,6 +25,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::cancel::{CancelSlot, CancelTarget};
 use crate::pool::statements::StmtDef;
 use crate::pool::{Checkout, Pool};
 use crate::protocol::messages::{self, Severity};
@@ -100,12 +101,7 @@ pub async fn serve_client(
             return;
         }
         Ok(Ok(LoginOutcome::Cancel { pid, secret })) => {
-            tracing::debug!(
-                client = client_id,
-                pid,
-                secret_ok = secret != 0,
-                "cancel request ignored: no running query to cancel"
-            );
+            shared.cancels.cancel(pid, secret).await;
             return;
         }
         Ok(Ok(LoginOutcome::Session(l))) => l,
@@ -171,6 +167,8 @@ struct Session {
     statements: HashMap<Bytes, ClientStatement>,
     /// The server's state cannot be vouched for: close it instead of returning it.
     dirty: bool,
+    cancel_pid: i32,
+    cancel: Arc<CancelSlot>,
 }
 
 /// A statement the client prepared: what pgtenant knows of its SQL, and for a named one the
@@ -225,6 +223,8 @@ impl Session {
             params: l.params,
             statements: HashMap::new(),
             dirty: false,
+            cancel_pid: l.cancel_pid,
+            cancel: l.cancel,
         }
     }
 
@@ -238,7 +238,7 @@ impl Session {
                     Progress::NeedServer => self.bind_server().await?,
                 }
             }
-            self.maybe_release();
+            self.maybe_release().await;
             if self.cbuf.capacity() > READ_CHUNK * 4 && self.cbuf.is_empty() {
                 self.cbuf = BytesMut::new();
             }
@@ -342,6 +342,14 @@ impl Session {
         self.expect.clear();
         self.dirty = false;
         let conn = checkout.conn();
+        self.cancel
+            .bind(CancelTarget {
+                addr: self.pool.upstream_addr(),
+                pid: conn.backend_pid,
+                secret: conn.backend_secret,
+            })
+            .await;
+        let conn = checkout.conn();
         if params::append_sync_query(&mut self.to_server, &self.params, &mut conn.tracked) {
             self.expect.push(Expected::proxy(Reply::Query));
         }
@@ -350,7 +358,7 @@ impl Session {
     }
 
     /// Returns the server to the pool once the client's transaction is over.
-    fn maybe_release(&mut self) {
+    async fn maybe_release(&mut self) {
         let done = self.server.is_some()
             && self.expect.is_empty()
             && !self.unsynced
@@ -364,6 +372,8 @@ impl Session {
         if !self.dirty && matches!(peek_frame(&self.cbuf, self.max_packet), Ok(Some(_))) {
             return;
         }
+        // First make sure no cancel of this client can reach the server any more.
+        self.cancel.unbind().await;
         if let Some(server) = self.server.take() {
             if self.dirty {
                 server.discard();
@@ -932,6 +942,8 @@ impl Session {
             )
             .await;
         }
+        self.cancel.unbind().await;
+        shared.cancels.unregister(self.cancel_pid);
         if let Some(server) = self.server.take() {
             let clean = !self.dirty
                 && self.expect.is_empty()

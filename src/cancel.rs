@@ -1,0 +1,153 @@
+//! Query cancellation across the pool: which server a client's cancel key reaches right now.
+//!
+//! Each logged-in client gets a random (pid, secret) from pgtenant; while the client is bound
+//! to a server, its slot names that server's own cancel key. A `CancelRequest` is forwarded
+//! only while the binding lasts, and the binding cannot end while a forwarded cancel is
+//! still being delivered (both hold the slot's lock), so a late cancel can never interrupt
+//! another client's query on the same server (the stale-cancel failure of other poolers).
+//! This module never sees query traffic.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use dashmap::DashMap;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+
+/// Where a bound client's cancel goes: the upstream address and the server's own key.
+#[derive(Debug, Clone)]
+pub struct CancelTarget {
+    pub addr: Arc<str>,
+    pub pid: i32,
+    pub secret: i32,
+}
+
+#[derive(Debug)]
+pub struct CancelSlot {
+    secret: i32,
+    target: Mutex<Option<CancelTarget>>,
+}
+
+/// All logged-in clients' cancel keys.
+#[derive(Debug, Default)]
+pub struct CancelRegistry {
+    slots: DashMap<i32, Arc<CancelSlot>>,
+}
+
+impl CancelRegistry {
+    /// Registers a client key; returns false when the pid is taken (draw another).
+    pub fn register(&self, pid: i32, secret: i32) -> Option<Arc<CancelSlot>> {
+        let slot = Arc::new(CancelSlot {
+            secret,
+            target: Mutex::new(None),
+        });
+        match self.slots.entry(pid) {
+            dashmap::Entry::Occupied(_) => None,
+            dashmap::Entry::Vacant(v) => {
+                v.insert(Arc::clone(&slot));
+                Some(slot)
+            }
+        }
+    }
+
+    pub fn unregister(&self, pid: i32) {
+        self.slots.remove(&pid);
+    }
+
+    /// Handles a client's CancelRequest: forwards it to the server the client is bound to
+    /// right now, if the key matches; otherwise does nothing, as PostgreSQL does.
+    pub async fn cancel(&self, pid: i32, secret: i32) {
+        let Some(slot) = self.slots.get(&pid).map(|s| Arc::clone(s.value())) else {
+            tracing::debug!("cancel request for an unknown key ignored");
+            return;
+        };
+        if !constant_time_eq(slot.secret, secret) {
+            tracing::debug!("cancel request with a wrong secret ignored");
+            return;
+        }
+        let guard = slot.target.lock().await;
+        let Some(target) = guard.as_ref() else {
+            tracing::debug!("cancel request arrived after the transaction ended; dropped");
+            return;
+        };
+        if let Err(e) = send_cancel(target).await {
+            tracing::warn!(error = %e, "forwarding a cancel request to the server failed");
+        }
+        // `guard` is held until PostgreSQL has taken the request (it closes the connection
+        // after signalling the backend), so the binding cannot end before that.
+        drop(guard);
+    }
+}
+
+impl CancelSlot {
+    /// Records that the client now runs on this server.
+    pub async fn bind(&self, target: CancelTarget) {
+        *self.target.lock().await = Some(target);
+    }
+
+    /// The client's transaction is over: cancels no longer reach that server. Waits for a
+    /// cancel being delivered right now to finish first.
+    pub async fn unbind(&self) {
+        *self.target.lock().await = None;
+    }
+
+    /// Non-waiting unbind for paths that cannot await; returns false if a cancel is in
+    /// flight (the caller must then unbind with `unbind().await` before reusing the server).
+    pub fn try_unbind(&self) -> bool {
+        match self.target.try_lock() {
+            Ok(mut t) => {
+                *t = None;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+fn constant_time_eq(a: i32, b: i32) -> bool {
+    // A data-independent comparison: no early exit on the first differing bit.
+    (a ^ b) == 0
+}
+
+async fn send_cancel(target: &CancelTarget) -> std::io::Result<()> {
+    let mut stream =
+        tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&*target.addr))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+            })??;
+    let mut buf = BytesMut::new();
+    postgres_protocol::message::frontend::cancel_request(target.pid, target.secret, &mut buf);
+    stream.write_all(&buf).await?;
+    // Wait for PostgreSQL to close the connection: by then the backend has been signalled.
+    let mut sink = [0u8; 16];
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut sink)).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn cancel_with_wrong_secret_or_no_binding_is_dropped() {
+        let reg = CancelRegistry::default();
+        let slot = reg.register(42, 7).unwrap();
+        assert!(reg.register(42, 8).is_none());
+        // Unbound: nothing to forward (would otherwise try to connect).
+        reg.cancel(42, 7).await;
+        slot.bind(CancelTarget {
+            addr: Arc::from("127.0.0.1:1"),
+            pid: 1,
+            secret: 1,
+        })
+        .await;
+        // Wrong secret: returns without connecting anywhere.
+        reg.cancel(42, 8).await;
+        assert!(slot.try_unbind());
+        reg.unregister(42);
+        assert!(reg.register(42, 9).is_some());
+    }
+}

@@ -239,9 +239,7 @@ impl Session {
                 }
             }
             self.maybe_release().await;
-            if self.cbuf.capacity() > READ_CHUNK * 4 && self.cbuf.is_empty() {
-                self.cbuf = BytesMut::new();
-            }
+            self.shed_idle_buffers();
 
             let want_client = self.to_server.len() < HIGH_WATER && self.pieces.is_empty();
             let want_server = self.server.is_some() && self.to_client.len() < HIGH_WATER;
@@ -312,6 +310,26 @@ impl Session {
                     ));
                 }
             }
+        }
+    }
+
+    /// Frees the buffers of a client with nothing in flight: thousands of idle clients
+    /// should cost their sockets and little else.
+    fn shed_idle_buffers(&mut self) {
+        if self.server.is_some() {
+            if self.cbuf.is_empty() && self.cbuf.capacity() > READ_CHUNK * 4 {
+                self.cbuf = BytesMut::new();
+            }
+            return;
+        }
+        if self.cbuf.is_empty() {
+            self.cbuf = BytesMut::new();
+        }
+        if self.to_client.is_empty() {
+            self.to_client = BytesMut::new();
+        }
+        if self.to_server.is_empty() {
+            self.to_server = BytesMut::new();
         }
     }
 

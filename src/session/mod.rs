@@ -421,6 +421,10 @@ impl Session {
                 return Ok(Progress::Terminate);
             }
             if self.server.is_none() {
+                if self.answer_unbound(tag, frame.total_len) {
+                    protocol::skip(&mut self.cbuf, frame.total_len);
+                    continue;
+                }
                 return Ok(Progress::NeedServer);
             }
             // A Query or FunctionCall that starts a transaction needs the tenant injected
@@ -430,6 +434,37 @@ impl Session {
             }
             let msg = protocol::take_frame(&mut self.cbuf, frame);
             self.forward_client_message(tag, msg)?;
+        }
+    }
+
+    /// Answers, without a server, the messages that need none between transactions: closing
+    /// a named statement (drivers do this when a statement object is dropped), Flush and
+    /// Sync. Returns false when a server is needed.
+    fn answer_unbound(&mut self, tag: u8, len: usize) -> bool {
+        match tag {
+            b'C' => {
+                let body = protocol::payload(&self.cbuf[..len]);
+                let name = match body.split_first() {
+                    Some((b'S', rest)) => match protocol::read_cstr(rest) {
+                        Some((name, _)) if !name.is_empty() => name,
+                        _ => return false,
+                    },
+                    _ => return false,
+                };
+                // Rare path (a driver dropping a statement object): the copy is fine.
+                let name = Bytes::copy_from_slice(name);
+                self.statements.remove(&name);
+                messages::empty_reply(&mut self.to_client, b'3');
+                true
+            }
+            b'H' => true,
+            b'S' => {
+                // Unbound means no transaction and nothing outstanding: PostgreSQL would
+                // answer idle.
+                messages::ready_for_query(&mut self.to_client, b'I');
+                true
+            }
+            _ => false,
         }
     }
 

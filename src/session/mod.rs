@@ -167,6 +167,9 @@ struct Session {
     statements: HashMap<Bytes, ClientStatement>,
     /// The server's state cannot be vouched for: close it instead of returning it.
     dirty: bool,
+    /// The client may have changed session-level settings on the server: `RESET ALL`
+    /// before another client gets it.
+    session_changed: bool,
     cancel_pid: i32,
     cancel: Arc<CancelSlot>,
 }
@@ -223,6 +226,7 @@ impl Session {
             params: l.params,
             statements: HashMap::new(),
             dirty: false,
+            session_changed: false,
             cancel_pid: l.cancel_pid,
             cancel: l.cancel,
         }
@@ -359,6 +363,7 @@ impl Session {
         self.in_force = false;
         self.expect.clear();
         self.dirty = false;
+        self.session_changed = false;
         let conn = checkout.conn();
         self.cancel
             .bind(CancelTarget {
@@ -384,6 +389,19 @@ impl Session {
             && self.pieces.is_empty()
             && self.to_server.is_empty();
         if !done {
+            return;
+        }
+        if self.session_changed && !self.dirty {
+            // Undo the client's session-level settings before anyone else gets this server;
+            // it is released when the reply arrives.
+            self.session_changed = false;
+            protocol::put_message(&mut self.to_server, b'Q', |b| {
+                protocol::put_cstr(b, b"RESET ALL")
+            });
+            self.expect.push(Expected::proxy(Reply::Query));
+            if let Some(server) = self.server.as_mut() {
+                server.conn().tracked = Default::default();
+            }
             return;
         }
         // A pipelined next transaction is already here: keep the server for it.
@@ -536,6 +554,7 @@ impl Session {
                 if plan.drops_prepared {
                     self.mark_reprepare();
                 }
+                self.session_changed |= plan.changes_session;
                 match shared {
                     Some(def) => {
                         self.ensure_prepared(&def);
@@ -648,6 +667,7 @@ impl Session {
         if plan.drops_prepared {
             self.mark_reprepare();
         }
+        self.session_changed |= plan.changes_session;
         if plan.splits.is_empty() {
             self.push_client(msg.clone(), Some(Reply::Query));
             self.in_force_if_open = (self.in_force || !needs_tenant) && !plan.ends_transaction;
@@ -940,13 +960,13 @@ impl Session {
         let (Ok(name), Ok(value)) = (std::str::from_utf8(name), std::str::from_utf8(value)) else {
             return;
         };
-        if let Some(i) = tracked_index(name) {
+        // Only the client's own changes are recorded: pgtenant's SETs and RESET ALL update
+        // `tracked` themselves when they are sent.
+        if let Some(i) = tracked_index(name).filter(|_| forwarded) {
             if let Some(server) = self.server.as_mut() {
                 server.conn().tracked[i] = Some(value.to_owned());
             }
-            if forwarded {
-                self.params[i] = Some(value.to_owned());
-            }
+            self.params[i] = Some(value.to_owned());
         }
     }
 
@@ -999,6 +1019,7 @@ impl Session {
         shared.cancels.unregister(self.cancel_pid);
         if let Some(server) = self.server.take() {
             let clean = !self.dirty
+                && !self.session_changed
                 && self.expect.is_empty()
                 && !self.unsynced
                 && self.status == b'I'

@@ -19,6 +19,9 @@ pub struct SqlPlan {
     pub ends_transaction: bool,
     /// Some statement may deallocate prepared statements (DEALLOCATE, DISCARD).
     pub drops_prepared: bool,
+    /// Some statement may change session-level settings (`SET`, `RESET`, `DISCARD`,
+    /// `set_config`): the server must be reset before another client uses it.
+    pub changes_session: bool,
     /// Byte offsets just after each transaction-ending statement that is followed by more
     /// statements: the query is split there so that each part gets the tenant.
     pub splits: Vec<usize>,
@@ -32,6 +35,7 @@ impl SqlPlan {
             let mut plan = SqlPlan {
                 statements: shape.statements,
                 no_transaction_block: shape.first == StatementKind::NoTransactionBlock,
+                changes_session: sql::changes_session_state(text),
                 ..SqlPlan::default()
             };
             plan.note(&shape.first);
@@ -39,6 +43,7 @@ impl SqlPlan {
         }
         let mut plan = SqlPlan {
             statements: shape.statements,
+            changes_session: sql::changes_session_state(text),
             ..SqlPlan::default()
         };
         for stmt in sql::statements(text) {
@@ -57,6 +62,7 @@ impl SqlPlan {
         let mut plan = SqlPlan {
             statements: usize::from(kind != StatementKind::Empty),
             no_transaction_block: kind == StatementKind::NoTransactionBlock,
+            changes_session: sql::changes_session_state(text),
             ..SqlPlan::default()
         };
         plan.note(&kind);
@@ -103,6 +109,13 @@ mod tests {
         let p = SqlPlan::of_query("BEGIN; SELECT 1; COMMIT;");
         assert!(p.splits.is_empty());
         assert!(p.ends_transaction);
+    }
+
+    #[test]
+    fn session_settings_are_noticed() {
+        assert!(SqlPlan::of_query("SET search_path = custom").changes_session);
+        assert!(!SqlPlan::of_query("SET LOCAL search_path = custom").changes_session);
+        assert!(SqlPlan::of_statement("SELECT set_config('jit', 'off', false)").changes_session);
     }
 
     #[test]

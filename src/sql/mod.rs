@@ -20,11 +20,13 @@
 
 mod classify;
 mod lexer;
+mod session_state;
 #[cfg(test)]
 mod tests;
 
 use classify::StatementScanner;
 use lexer::{Lexer, TokenKind};
+pub use session_state::changes_session_state;
 
 /// What a statement means for transaction boundaries, read from its leading keywords.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

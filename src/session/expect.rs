@@ -64,6 +64,8 @@ pub struct Expected {
     pub failed: bool,
     /// For a Parse: the id of the shared statement it prepares (0 for none).
     pub stmt: u64,
+    /// For pgtenant's own Query: its rows are the client's session settings to keep.
+    pub capture: bool,
 }
 
 impl Expected {
@@ -74,6 +76,7 @@ impl Expected {
             described_params: false,
             failed: false,
             stmt: 0,
+            capture: false,
         }
     }
 
@@ -81,6 +84,14 @@ impl Expected {
         Expected {
             owner: Owner::Proxy,
             ..Expected::client(reply)
+        }
+    }
+
+    /// pgtenant's query that reads the client's session settings back (and resets them).
+    pub fn capture() -> Expected {
+        Expected {
+            capture: true,
+            ..Expected::proxy(Reply::Query)
         }
     }
 

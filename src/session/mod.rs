@@ -35,7 +35,7 @@ use crate::state::Shared;
 use crate::tenant::TenantId;
 use expect::{ExpectQueue, Expected, Owner, Reply, Verdict};
 use login::{LoggedIn, LoginError, LoginOutcome};
-use params::{ParamSet, tracked_index};
+use params::{ExtraSettings, ParamSet, tracked_index};
 use plan::SqlPlan;
 
 /// Above this many bytes queued for one side, stop reading from the other (backpressure).
@@ -149,20 +149,28 @@ struct Session {
     unsynced: bool,
     /// The tenant is set in the server's current transaction, as of the latest message
     /// forwarded.
-    in_force: bool,
-    /// What `in_force` becomes when the ReadyForQuery of the latest Sync/Query arrives and
-    /// the transaction is still open.
-    in_force_if_open: bool,
-    /// Messages forwarded so far, and the count when the latest Sync/Query was forwarded.
-    forwarded: u64,
-    forwarded_at_ready: u64,
+    tenant_in_txn: bool,
+    /// A Sync or Query was forwarded whose ReadyForQuery has not arrived: if the transaction
+    /// was implicit it ends there, so the next statement must set the tenant again (harmless
+    /// when the transaction was still open).
+    maybe_ended: bool,
     /// Remaining parts of a client Query split after a transaction-ending statement.
     pieces: VecDeque<Range<usize>>,
     pieces_text: Bytes,
     /// Bind + Execute of the injection statement with this client's tenant, built once.
     inject: Bytes,
+    /// The snapshot-free variant (`SET LOCAL` with the tenant as a literal), for
+    /// transactions that begin with BEGIN/SET TRANSACTION.
+    inject_literal: Bytes,
     /// Parameters the client chose.
     params: ParamSet,
+    /// Other session settings the client made, replayed on each server it uses.
+    extra: ExtraSettings,
+    /// Settings being read back from the server (see `params::CAPTURE_SQL`).
+    captured: Option<(ParamSet, ExtraSettings)>,
+    /// The bound server carries settings of this client's that must be reset before reuse.
+    reset_needed: bool,
+    tenant_setting: String,
     /// The client's prepared statements, by its names.
     statements: HashMap<Bytes, ClientStatement>,
     /// The server's state cannot be vouched for: close it instead of returning it.
@@ -202,6 +210,7 @@ impl Session {
     fn new(id: u64, client: TcpStream, l: LoggedIn, shared: &Shared, out: BytesMut) -> Session {
         let setting = shared.config.general.tenant_setting.as_bytes();
         let inject = build_injection(setting, l.tenant.as_str().as_bytes());
+        let inject_literal = build_literal_injection(setting, l.tenant.as_str().as_bytes());
         Session {
             id,
             client,
@@ -216,14 +225,17 @@ impl Session {
             expect: ExpectQueue::default(),
             status: b'I',
             unsynced: false,
-            in_force: false,
-            in_force_if_open: false,
-            forwarded: 0,
-            forwarded_at_ready: 0,
+            tenant_in_txn: false,
+            maybe_ended: false,
             pieces: VecDeque::new(),
             pieces_text: Bytes::new(),
             inject,
+            inject_literal,
             params: l.params,
+            extra: Vec::new(),
+            captured: None,
+            reset_needed: false,
+            tenant_setting: shared.config.general.tenant_setting.clone(),
             statements: HashMap::new(),
             dirty: false,
             session_changed: false,
@@ -360,7 +372,8 @@ impl Session {
         };
         self.status = b'I';
         self.unsynced = false;
-        self.in_force = false;
+        self.tenant_in_txn = false;
+        self.maybe_ended = false;
         self.expect.clear();
         self.dirty = false;
         self.session_changed = false;
@@ -373,9 +386,15 @@ impl Session {
             })
             .await;
         let conn = checkout.conn();
-        if params::append_sync_query(&mut self.to_server, &self.params, &mut conn.tracked) {
+        if params::append_apply_query(
+            &mut self.to_server,
+            &self.params,
+            &mut conn.tracked,
+            &self.extra,
+        ) {
             self.expect.push(Expected::proxy(Reply::Query));
         }
+        self.reset_needed = !self.extra.is_empty();
         self.server = Some(checkout);
         Ok(())
     }
@@ -391,14 +410,23 @@ impl Session {
         if !done {
             return;
         }
-        if self.session_changed && !self.dirty {
-            // Undo the client's session-level settings before anyone else gets this server;
-            // it is released when the reply arrives.
-            self.session_changed = false;
+        if (self.session_changed || self.reset_needed) && !self.dirty {
+            // Keep the client's session-level settings for its next server (read them back
+            // if it changed any), then undo them before anyone else gets this one; the
+            // server is released when the reply arrives.
+            let sql = if self.session_changed {
+                self.captured = Some(Default::default());
+                self.expect.push(Expected::capture());
+                params::CAPTURE_SQL
+            } else {
+                self.expect.push(Expected::proxy(Reply::Query));
+                "RESET ALL"
+            };
             protocol::put_message(&mut self.to_server, b'Q', |b| {
-                protocol::put_cstr(b, b"RESET ALL")
+                protocol::put_cstr(b, sql.as_bytes())
             });
-            self.expect.push(Expected::proxy(Reply::Query));
+            self.session_changed = false;
+            self.reset_needed = false;
             if let Some(server) = self.server.as_mut() {
                 server.conn().tracked = Default::default();
             }
@@ -417,7 +445,8 @@ impl Session {
                 server.release();
             }
         }
-        self.in_force = false;
+        self.tenant_in_txn = false;
+        self.maybe_ended = false;
     }
 
     /// Handles buffered client messages until one needs something that is not there yet.
@@ -447,7 +476,7 @@ impl Session {
             }
             // A Query or FunctionCall that starts a transaction needs the tenant injected
             // ahead of it; that is only safe once the server's state is known.
-            if matches!(tag, b'Q' | b'F') && !self.in_force && !self.expect.only_proxy_setup() {
+            if matches!(tag, b'Q' | b'F') && self.maybe_ended && !self.expect.only_proxy_setup() {
                 return Ok(Progress::Idle);
             }
             let msg = protocol::take_frame(&mut self.cbuf, frame);
@@ -515,7 +544,6 @@ impl Session {
                     self.to_server.extend_from_slice(&existing.parse);
                     self.expect.push(Expected::client(Reply::Parse));
                     self.unsynced = true;
-                    self.forwarded += 1;
                 } else {
                     let def = self.pool.statements.register(rest);
                     let on_server = self.server_conn()?.prepared.contains(&def.id);
@@ -536,7 +564,6 @@ impl Session {
                         self.expect
                             .push(Expected::client(Reply::Parse).with_stmt(def.id));
                         self.unsynced = true;
-                        self.forwarded += 1;
                     }
                     self.answer_synthetic();
                 }
@@ -548,8 +575,8 @@ impl Session {
                     Some(s) => (s.plan.clone(), s.shared.clone()),
                     None => (SqlPlan::default(), None),
                 };
-                if !self.in_force && !plan.no_transaction_block {
-                    self.inject_tenant();
+                if self.bind_needs_tenant(&plan) {
+                    self.inject_tenant(plan.opens_block);
                 }
                 if plan.drops_prepared {
                     self.mark_reprepare();
@@ -565,12 +592,11 @@ impl Session {
                         });
                         self.expect.push(Expected::client(Reply::Bind));
                         self.unsynced = true;
-                        self.forwarded += 1;
                     }
                     None => self.push_client(msg, Some(Reply::Bind)),
                 }
                 if plan.ends_transaction {
-                    self.in_force = false;
+                    self.tenant_in_txn = false;
                 }
             }
             b'E' => self.push_client(msg, Some(Reply::Execute)),
@@ -586,7 +612,6 @@ impl Session {
                             });
                             self.expect.push(Expected::client(Reply::DescribeStatement));
                             self.unsynced = true;
-                            self.forwarded += 1;
                         }
                         None => self.push_client(msg, Some(Reply::DescribeStatement)),
                     }
@@ -625,16 +650,16 @@ impl Session {
             b'S' => {
                 self.push_client(msg, Some(Reply::Sync));
                 self.unsynced = false;
-                self.await_ready();
+                self.maybe_ended = true;
             }
             b'H' => self.push_client(msg, None),
             b'F' => {
-                if !self.in_force && self.status != b'E' {
-                    self.inject_tenant();
+                if self.needs_tenant() && self.status != b'E' {
+                    self.inject_tenant(false);
                 }
                 self.push_client(msg, Some(Reply::FunctionCall));
                 self.unsynced = false;
-                self.await_ready();
+                self.maybe_ended = true;
             }
             b'd' | b'c' | b'f' => self.push_client(msg, None),
             other => {
@@ -660,9 +685,12 @@ impl Session {
             // points only ever fall on ASCII bytes, so offsets stay valid.
             Err(_) => SqlPlan::of_query(&String::from_utf8_lossy(text)),
         };
-        let needs_tenant = plan.statements > 0 && !plan.no_transaction_block;
-        if !self.in_force && needs_tenant && self.status != b'E' {
-            self.inject_tenant();
+        // A lone ROLLBACK/COMMIT reads nothing; a failed transaction accepts only those.
+        let wants_tenant = plan.statements > 0
+            && !plan.no_transaction_block
+            && !(plan.statements == 1 && plan.ends_transaction);
+        if wants_tenant && self.needs_tenant() && self.status != b'E' {
+            self.inject_tenant(plan.opens_block);
         }
         if plan.drops_prepared {
             self.mark_reprepare();
@@ -670,7 +698,6 @@ impl Session {
         self.session_changed |= plan.changes_session;
         if plan.splits.is_empty() {
             self.push_client(msg.clone(), Some(Reply::Query));
-            self.in_force_if_open = (self.in_force || !needs_tenant) && !plan.ends_transaction;
         } else {
             let text = msg.slice_ref(text);
             let mut start = 0;
@@ -681,11 +708,12 @@ impl Session {
             self.pieces.push_back(start..text.len());
             self.pieces_text = text;
             self.send_next_piece(false);
-            self.in_force_if_open = false;
+        }
+        if plan.ends_transaction {
+            self.tenant_in_txn = false;
         }
         self.unsynced = false;
-        self.forwarded_at_ready = self.forwarded;
-        self.in_force = false;
+        self.maybe_ended = true;
         Ok(())
     }
 
@@ -695,22 +723,34 @@ impl Session {
         let Some(range) = self.pieces.pop_front() else {
             return;
         };
+        let piece = self.pieces_text.slice(range);
         if inject {
-            self.inject_tenant();
+            let opens_block = std::str::from_utf8(&piece)
+                .map(|t| SqlPlan::of_statement(t).opens_block)
+                .unwrap_or(false);
+            self.inject_tenant(opens_block);
         }
-        let piece = &self.pieces_text[range];
-        protocol::put_message(&mut self.to_server, b'Q', |b| protocol::put_cstr(b, piece));
+        protocol::put_message(&mut self.to_server, b'Q', |b| protocol::put_cstr(b, &piece));
         self.expect.push(Expected::piece(self.pieces.is_empty()));
-        self.forwarded += 1;
-        self.forwarded_at_ready = self.forwarded;
+        self.maybe_ended = true;
     }
 
-    /// After a Sync/FunctionCall: the transaction may end there, so until its ReadyForQuery
-    /// says otherwise the next statement gets the tenant again (harmless if it was still set).
-    fn await_ready(&mut self) {
-        self.in_force_if_open = self.in_force;
-        self.in_force = false;
-        self.forwarded_at_ready = self.forwarded;
+    /// Whether the next statement must set the tenant first.
+    fn needs_tenant(&self) -> bool {
+        !self.tenant_in_txn || self.maybe_ended
+    }
+
+    /// A Bind sets the tenant first unless its statement cannot run in a transaction block,
+    /// only ends the transaction (ROLLBACK/COMMIT, also accepted in a failed transaction),
+    /// or the transaction is known to have failed (the Bind fails with 25P02 by itself).
+    fn bind_needs_tenant(&self, plan: &SqlPlan) -> bool {
+        if plan.no_transaction_block || (plan.statements == 1 && plan.ends_transaction) {
+            return false;
+        }
+        if self.status == b'E' && !self.maybe_ended {
+            return false;
+        }
+        self.needs_tenant()
     }
 
     fn push_client(&mut self, msg: Bytes, reply: Option<Reply>) {
@@ -721,7 +761,6 @@ impl Session {
                 self.unsynced = true;
             }
         }
-        self.forwarded += 1;
     }
 
     /// Something may have deallocated statements on the server (DEALLOCATE, DISCARD):
@@ -771,8 +810,9 @@ impl Session {
         }
     }
 
-    /// Appends the tenant injection ahead of the next client message.
-    fn inject_tenant(&mut self) {
+    /// Appends the tenant injection ahead of the next client message. `snapshot_free` picks
+    /// `SET LOCAL` (no snapshot, tenant as a literal) over the bound `set_config`.
+    fn inject_tenant(&mut self, snapshot_free: bool) {
         if let Some(server) = self.server.as_mut() {
             let conn = server.conn();
             if conn.needs_reprepare {
@@ -794,10 +834,17 @@ impl Session {
                 self.expect.push(Expected::proxy(Reply::Parse));
             }
         }
-        self.to_server.extend_from_slice(&self.inject);
+        if snapshot_free {
+            self.to_server.extend_from_slice(&self.inject_literal);
+            self.expect.push(Expected::proxy(Reply::Close));
+            self.expect.push(Expected::proxy(Reply::Parse));
+        } else {
+            self.to_server.extend_from_slice(&self.inject);
+        }
         self.expect.push(Expected::proxy(Reply::Bind));
         self.expect.push(Expected::proxy(Reply::Execute));
-        self.in_force = true;
+        self.tenant_in_txn = true;
+        self.maybe_ended = false;
     }
 
     /// Handles complete server messages: forwards the client's replies, swallows the
@@ -876,6 +923,9 @@ impl Session {
                 }
             }
         }
+        if tag == b'D' && self.captured.is_some() {
+            self.capture_row(msg);
+        }
         match tag {
             b'S' => self.on_parameter_status(msg, verdict == Verdict::Forward),
             b'E' if step.proxy_error && verdict == Verdict::Swallow => {
@@ -917,27 +967,34 @@ impl Session {
             b'Z' => {
                 let status = protocol::payload(msg).first().copied().unwrap_or(b'I');
                 self.status = status;
+                if step.completed.is_some_and(|e| e.capture) {
+                    if let Some((params, extra)) = self.captured.take() {
+                        self.params = params;
+                        self.extra = extra;
+                    }
+                }
                 if let Some(done) = step
                     .completed
                     .filter(|d| d.owner == Owner::Piece { last: false })
                 {
-                    {
-                        verdict = Verdict::Swallow;
-                        if done.failed {
-                            // PostgreSQL stops a multi-statement query at its first error.
-                            self.pieces.clear();
-                            messages::ready_for_query(&mut self.to_client, status);
-                        } else {
-                            // The part before ended a transaction: the next part starts a
-                            // new one and gets the tenant (unless the server is in a failed
-                            // transaction, where only ROLLBACK can run).
-                            self.send_next_piece(status != b'E');
-                            self.in_force = false;
-                        }
+                    verdict = Verdict::Swallow;
+                    if done.failed {
+                        // PostgreSQL stops a multi-statement query at its first error.
+                        self.pieces.clear();
+                        messages::ready_for_query(&mut self.to_client, status);
+                    } else {
+                        // The part before ended a transaction: the next part starts a new
+                        // one and gets the tenant (unless the server is in a failed
+                        // transaction, where only ROLLBACK can run).
+                        self.send_next_piece(status != b'E');
                     }
                 }
-                if self.expect.is_empty() && self.forwarded == self.forwarded_at_ready {
-                    self.in_force = status != b'I' && self.in_force_if_open;
+                if !self.expect.owes_ready() {
+                    // Everything forwarded has been answered: the state is known.
+                    self.maybe_ended = false;
+                    if status == b'I' {
+                        self.tenant_in_txn = false;
+                    }
                 }
             }
             _ => {}
@@ -947,6 +1004,17 @@ impl Session {
         }
         self.answer_synthetic();
         Ok(())
+    }
+
+    /// Records one `(name, setting)` row of the capture query.
+    fn capture_row(&mut self, msg: &[u8]) {
+        let Some((params, extra)) = self.captured.as_mut() else {
+            return;
+        };
+        let mut cols = data_row_text(protocol::payload(msg));
+        if let (Some(Some(name)), Some(Some(value))) = (cols.next(), cols.next()) {
+            params::record_captured(name, value, &self.tenant_setting, params, extra);
+        }
     }
 
     fn on_parameter_status(&mut self, msg: &[u8], forwarded: bool) {
@@ -1020,6 +1088,7 @@ impl Session {
         if let Some(server) = self.server.take() {
             let clean = !self.dirty
                 && !self.session_changed
+                && !self.reset_needed
                 && self.expect.is_empty()
                 && !self.unsynced
                 && self.status == b'I'
@@ -1056,6 +1125,61 @@ fn build_injection(setting: &[u8], tenant: &[u8]) -> Bytes {
             b.extend_from_slice(&(v.len() as i32).to_be_bytes());
             b.extend_from_slice(v);
         }
+        b.extend_from_slice(&0i16.to_be_bytes());
+    });
+    protocol::put_message(&mut b, b'E', |b| {
+        protocol::put_cstr(b, b"");
+        b.extend_from_slice(&0i32.to_be_bytes());
+    });
+    b.freeze()
+}
+
+/// The columns of a DataRow payload as text (`None` for NULL or non-UTF-8).
+fn data_row_text(payload: &[u8]) -> impl Iterator<Item = Option<&str>> {
+    let count = payload
+        .get(..2)
+        .map_or(0, |b| i16::from_be_bytes([b[0], b[1]]).max(0) as usize);
+    let mut rest = payload.get(2..).unwrap_or(&[]);
+    (0..count).map_while(move |_| {
+        let len = rest
+            .get(..4)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))?;
+        rest = &rest[4..];
+        if len < 0 {
+            return Some(None);
+        }
+        let value = rest.get(..len as usize)?;
+        rest = &rest[len as usize..];
+        Some(std::str::from_utf8(value).ok())
+    })
+}
+
+/// Close + Parse + Bind + Execute of `SET LOCAL <setting> = '<tenant>'`: used before a
+/// transaction that begins with BEGIN or SET TRANSACTION, because `SELECT set_config(…)`
+/// would take a snapshot and PostgreSQL then refuses to change the isolation level. Utility
+/// statements take none. The tenant id was validated (no quotes, no backslashes) and the
+/// setting name is a checked identifier, so the literal cannot be broken out of.
+fn build_literal_injection(setting: &[u8], tenant: &[u8]) -> Bytes {
+    const NAME: &[u8] = b"__pgtenant_set_tenant_local";
+    let mut b = BytesMut::new();
+    protocol::put_message(&mut b, b'C', |b| {
+        b.extend_from_slice(b"S");
+        protocol::put_cstr(b, NAME);
+    });
+    protocol::put_message(&mut b, b'P', |b| {
+        protocol::put_cstr(b, NAME);
+        b.extend_from_slice(b"SET LOCAL ");
+        b.extend_from_slice(setting);
+        b.extend_from_slice(b" = '");
+        b.extend_from_slice(tenant);
+        protocol::put_cstr(b, b"'");
+        b.extend_from_slice(&0i16.to_be_bytes());
+    });
+    protocol::put_message(&mut b, b'B', |b| {
+        protocol::put_cstr(b, b"");
+        protocol::put_cstr(b, NAME);
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&0i16.to_be_bytes());
         b.extend_from_slice(&0i16.to_be_bytes());
     });
     protocol::put_message(&mut b, b'E', |b| {

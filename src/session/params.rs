@@ -1,17 +1,20 @@
-//! Client-chosen session parameters that pgtenant carries from server to server.
+//! Session-level settings that belong to a client and must follow it from server to server —
+//! and never linger for the next client.
 //!
-//! A client's `application_name`, `client_encoding`, `DateStyle`, `TimeZone`,
-//! `IntervalStyle`, `extra_float_digits` and `search_path` (from its startup packet or its
-//! own later changes) must be in effect on whichever server runs its transaction, and must
-//! never linger for the next client. This module owns the per-client wish list, the
-//! per-server record of what is applied, and the SQL that moves a server from one to the
-//! other. It never runs anything itself.
+//! Two kinds: the connection parameters drivers send at startup (`application_name`,
+//! `client_encoding`, `DateStyle`, `TimeZone`, `IntervalStyle`, `extra_float_digits`,
+//! `search_path`; [`TRACKED`]), compared against what each server has applied; and any other
+//! setting a client changed with a session-level `SET`/`set_config`, captured from
+//! `pg_settings` when its transaction ends and replayed on its next server. This module owns
+//! those records and the SQL that moves a server from one state to another; it never runs
+//! anything itself. Values are always applied with `set_config(name, value, false)`, which
+//! parses them like the startup packet does (a list such as `a, b` stays a list).
 
 use bytes::BytesMut;
 
 use crate::protocol;
 
-/// The parameters carried between servers, with PostgreSQL's canonical spelling.
+/// The startup parameters carried between servers, with PostgreSQL's canonical spelling.
 pub const TRACKED: [&str; 7] = [
     "application_name",
     "client_encoding",
@@ -25,40 +28,91 @@ pub const TRACKED: [&str; 7] = [
 /// Value per tracked parameter; `None` means the server's default.
 pub type ParamSet = [Option<String>; TRACKED.len()];
 
+/// Settings a client changed at session level that are not in [`TRACKED`].
+pub type ExtraSettings = Vec<(String, String)>;
+
+/// Reads the session-level settings of a server session; sent (with `RESET ALL`) when a
+/// client that changed settings releases its server.
+pub const CAPTURE_SQL: &str =
+    "SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session';RESET ALL";
+
+/// Settings never captured or replayed: who the session runs as is not the client's to
+/// carry (and the tenant is pgtenant's).
+fn never_replayed(name: &str, tenant_setting: &str) -> bool {
+    name.eq_ignore_ascii_case(tenant_setting)
+        || ["role", "session_authorization", "is_superuser"]
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(name))
+}
+
 /// Index of a tracked parameter, matched case-insensitively as PostgreSQL does.
 pub fn tracked_index(name: &str) -> Option<usize> {
     TRACKED.iter().position(|t| t.eq_ignore_ascii_case(name))
 }
 
-/// Appends a simple Query that makes a server with `applied` match `wanted`, and updates
-/// `applied`. Returns false when they already match (nothing appended).
-pub fn append_sync_query(out: &mut BytesMut, wanted: &ParamSet, applied: &mut ParamSet) -> bool {
-    let mut sql = String::new();
+/// Appends one simple Query that makes a server with `applied` match `wanted` and applies
+/// `extra`; updates `applied`. Returns false when there is nothing to do (nothing appended).
+pub fn append_apply_query(
+    out: &mut BytesMut,
+    wanted: &ParamSet,
+    applied: &mut ParamSet,
+    extra: &ExtraSettings,
+) -> bool {
+    let mut sets: Vec<(&str, &str)> = Vec::new();
+    let mut resets = String::new();
     for (i, name) in TRACKED.iter().enumerate() {
         if wanted[i] == applied[i] {
             continue;
         }
         match &wanted[i] {
-            Some(v) => {
-                sql.push_str("SET ");
-                sql.push_str(name);
-                sql.push_str(" TO ");
-                push_literal(&mut sql, v);
-                sql.push(';');
-            }
+            Some(v) => sets.push((name, v)),
             None => {
-                sql.push_str("RESET ");
-                sql.push_str(name);
-                sql.push(';');
+                resets.push_str("RESET ");
+                resets.push_str(name);
+                resets.push(';');
             }
         }
         applied[i] = wanted[i].clone();
     }
-    if sql.is_empty() {
+    sets.extend(extra.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+    if sets.is_empty() && resets.is_empty() {
         return false;
     }
+    let mut sql = String::new();
+    if !sets.is_empty() {
+        sql.push_str("SELECT ");
+        for (i, (name, value)) in sets.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str("pg_catalog.set_config(");
+            push_literal(&mut sql, name);
+            sql.push_str(", ");
+            push_literal(&mut sql, value);
+            sql.push_str(", false)");
+        }
+        sql.push(';');
+    }
+    sql.push_str(&resets);
     protocol::put_message(out, b'Q', |b| protocol::put_cstr(b, sql.as_bytes()));
     true
+}
+
+/// Records one `(name, setting)` row of [`CAPTURE_SQL`] as the client's own state.
+pub fn record_captured(
+    name: &str,
+    value: &str,
+    tenant_setting: &str,
+    params: &mut ParamSet,
+    extra: &mut ExtraSettings,
+) {
+    if never_replayed(name, tenant_setting) {
+        return;
+    }
+    match tracked_index(name) {
+        Some(i) => params[i] = Some(value.to_owned()),
+        None => extra.push((name.to_owned(), value.to_owned())),
+    }
 }
 
 /// A single-quoted SQL literal. pgtenant keeps `standard_conforming_strings` on, so doubling
@@ -78,6 +132,10 @@ fn push_literal(sql: &mut String, v: &str) {
 mod tests {
     use super::*;
 
+    fn text(out: &BytesMut) -> &str {
+        std::str::from_utf8(&out[5..out.len() - 1]).unwrap()
+    }
+
     #[test]
     fn differing_parameters_are_set_and_defaults_reset() {
         let mut wanted: ParamSet = Default::default();
@@ -85,9 +143,16 @@ mod tests {
         let mut applied: ParamSet = Default::default();
         applied[6] = Some("other_tenant_schema".into());
         let mut out = BytesMut::new();
-        assert!(append_sync_query(&mut out, &wanted, &mut applied));
-        let text = std::str::from_utf8(&out[5..out.len() - 1]).unwrap();
-        assert_eq!(text, "SET TimeZone TO 'Europe/Paris';RESET search_path;");
+        assert!(append_apply_query(
+            &mut out,
+            &wanted,
+            &mut applied,
+            &Vec::new()
+        ));
+        assert_eq!(
+            text(&out),
+            "SELECT pg_catalog.set_config('TimeZone', 'Europe/Paris', false);RESET search_path;"
+        );
         assert_eq!(applied, wanted);
     }
 
@@ -96,8 +161,26 @@ mod tests {
         let wanted: ParamSet = Default::default();
         let mut applied: ParamSet = Default::default();
         let mut out = BytesMut::new();
-        assert!(!append_sync_query(&mut out, &wanted, &mut applied));
+        assert!(!append_apply_query(
+            &mut out,
+            &wanted,
+            &mut applied,
+            &Vec::new()
+        ));
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn extra_settings_are_always_applied() {
+        let wanted: ParamSet = Default::default();
+        let mut applied: ParamSet = Default::default();
+        let mut out = BytesMut::new();
+        let extra = vec![("statement_timeout".to_owned(), "5000".to_owned())];
+        assert!(append_apply_query(&mut out, &wanted, &mut applied, &extra));
+        assert_eq!(
+            text(&out),
+            "SELECT pg_catalog.set_config('statement_timeout', '5000', false);"
+        );
     }
 
     #[test]
@@ -106,11 +189,26 @@ mod tests {
         wanted[0] = Some("x'; DROP TABLE invoices; --".into());
         let mut applied: ParamSet = Default::default();
         let mut out = BytesMut::new();
-        append_sync_query(&mut out, &wanted, &mut applied);
-        let text = std::str::from_utf8(&out[5..out.len() - 1]).unwrap();
+        append_apply_query(&mut out, &wanted, &mut applied, &Vec::new());
         assert_eq!(
-            text,
-            "SET application_name TO 'x''; DROP TABLE invoices; --';"
+            text(&out),
+            "SELECT pg_catalog.set_config('application_name', 'x''; DROP TABLE invoices; --', false);"
         );
+    }
+
+    #[test]
+    fn captured_settings_split_into_tracked_and_extra_and_skip_identity() {
+        let mut params: ParamSet = Default::default();
+        let mut extra = Vec::new();
+        for (n, v) in [
+            ("search_path", "custom"),
+            ("work_mem", "8192"),
+            ("role", "postgres"),
+            ("app.current_tenant_id", "x"),
+        ] {
+            record_captured(n, v, "app.current_tenant_id", &mut params, &mut extra);
+        }
+        assert_eq!(params[6].as_deref(), Some("custom"));
+        assert_eq!(extra, vec![("work_mem".to_owned(), "8192".to_owned())]);
     }
 }

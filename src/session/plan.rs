@@ -19,6 +19,10 @@ pub struct SqlPlan {
     pub ends_transaction: bool,
     /// Some statement may deallocate prepared statements (DEALLOCATE, DISCARD).
     pub drops_prepared: bool,
+    /// The first statement opens a transaction block or sets its characteristics (`BEGIN
+    /// ISOLATION LEVEL …`, `SET TRANSACTION …`): nothing before it may take a snapshot, so
+    /// the tenant is set with a snapshot-free `SET LOCAL`.
+    pub opens_block: bool,
     /// Some statement may change session-level settings (`SET`, `RESET`, `DISCARD`,
     /// `set_config`): the server must be reset before another client uses it.
     pub changes_session: bool,
@@ -35,6 +39,7 @@ impl SqlPlan {
             let mut plan = SqlPlan {
                 statements: shape.statements,
                 no_transaction_block: shape.first == StatementKind::NoTransactionBlock,
+                opens_block: opens_block(shape.first, text),
                 changes_session: sql::changes_session_state(text),
                 ..SqlPlan::default()
             };
@@ -43,6 +48,7 @@ impl SqlPlan {
         }
         let mut plan = SqlPlan {
             statements: shape.statements,
+            opens_block: opens_block(shape.first, text),
             changes_session: sql::changes_session_state(text),
             ..SqlPlan::default()
         };
@@ -62,6 +68,7 @@ impl SqlPlan {
         let mut plan = SqlPlan {
             statements: usize::from(kind != StatementKind::Empty),
             no_transaction_block: kind == StatementKind::NoTransactionBlock,
+            opens_block: opens_block(kind, text),
             changes_session: sql::changes_session_state(text),
             ..SqlPlan::default()
         };
@@ -82,6 +89,11 @@ impl SqlPlan {
             self.drops_prepared = true;
         }
     }
+}
+
+fn opens_block(first: StatementKind, text: &str) -> bool {
+    first == StatementKind::Begin
+        || (first == StatementKind::Other && sql::sets_transaction_characteristics(text))
 }
 
 #[cfg(test)]

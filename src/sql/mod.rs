@@ -26,7 +26,7 @@ mod tests;
 
 use classify::StatementScanner;
 use lexer::{Lexer, TokenKind};
-pub use session_state::changes_session_state;
+pub use session_state::{changes_session_state, sets_transaction_characteristics};
 
 /// What a statement means for transaction boundaries, read from its leading keywords.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

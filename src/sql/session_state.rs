@@ -124,3 +124,35 @@ mod tests {
         }
     }
 }
+
+/// True when the first statement is `SET TRANSACTION …` or `SET SESSION CHARACTERISTICS …`:
+/// it must run before anything in its transaction takes a snapshot.
+pub fn sets_transaction_characteristics(sql: &str) -> bool {
+    let b = sql.as_bytes();
+    let mut lexer = Lexer::new(b);
+    let mut words = std::iter::from_fn(|| lexer.next_token())
+        .take(2)
+        .map(|t| (t.kind == TokenKind::Word).then(|| &b[t.start..t.end]));
+    let (Some(Some(first)), Some(Some(second))) = (words.next(), words.next()) else {
+        return false;
+    };
+    first.eq_ignore_ascii_case(b"set")
+        && (second.eq_ignore_ascii_case(b"transaction") || second.eq_ignore_ascii_case(b"session"))
+}
+
+#[cfg(test)]
+mod transaction_characteristics_tests {
+    use super::*;
+
+    #[test]
+    fn set_transaction_is_recognised() {
+        assert!(sets_transaction_characteristics(
+            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"
+        ));
+        assert!(sets_transaction_characteristics(
+            "set session characteristics as transaction read only"
+        ));
+        assert!(!sets_transaction_characteristics("SET search_path = a"));
+        assert!(!sets_transaction_characteristics("SELECT 1"));
+    }
+}

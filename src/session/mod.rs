@@ -170,6 +170,12 @@ struct Session {
     captured: Option<(ParamSet, ExtraSettings)>,
     /// The bound server carries settings of this client's that must be reset before reuse.
     reset_needed: bool,
+    /// The reset (and capture) query is in flight: the client's next transaction waits for
+    /// a server in a clean state.
+    resetting: bool,
+    /// Return the server even if the client's next transaction is already buffered (after a
+    /// reset, the next checkout must apply the client's settings again).
+    force_release: bool,
     tenant_setting: String,
     /// The client's prepared statements, by its names.
     statements: HashMap<Bytes, ClientStatement>,
@@ -235,6 +241,8 @@ impl Session {
             extra: Vec::new(),
             captured: None,
             reset_needed: false,
+            resetting: false,
+            force_release: false,
             tenant_setting: shared.config.general.tenant_setting.clone(),
             statements: HashMap::new(),
             dirty: false,
@@ -246,6 +254,8 @@ impl Session {
 
     async fn run(&mut self) -> Result<(), SessionError> {
         loop {
+            // A transaction that just ended returns its server before the next one starts.
+            self.maybe_release().await;
             // Handle whatever complete client messages are buffered.
             loop {
                 match self.process_client()? {
@@ -427,15 +437,20 @@ impl Session {
             });
             self.session_changed = false;
             self.reset_needed = false;
+            self.resetting = true;
             if let Some(server) = self.server.as_mut() {
                 server.conn().tracked = Default::default();
             }
             return;
         }
         // A pipelined next transaction is already here: keep the server for it.
-        if !self.dirty && matches!(peek_frame(&self.cbuf, self.max_packet), Ok(Some(_))) {
+        if !self.dirty
+            && !self.force_release
+            && matches!(peek_frame(&self.cbuf, self.max_packet), Ok(Some(_)))
+        {
             return;
         }
+        self.force_release = false;
         // First make sure no cancel of this client can reach the server any more.
         self.cancel.unbind().await;
         if let Some(server) = self.server.take() {
@@ -452,7 +467,7 @@ impl Session {
     /// Handles buffered client messages until one needs something that is not there yet.
     fn process_client(&mut self) -> Result<Progress, SessionError> {
         loop {
-            if !self.pieces.is_empty() {
+            if !self.pieces.is_empty() || self.resetting {
                 return Ok(Progress::Idle);
             }
             let frame = match peek_frame(&self.cbuf, self.max_packet) {
@@ -967,7 +982,9 @@ impl Session {
             b'Z' => {
                 let status = protocol::payload(msg).first().copied().unwrap_or(b'I');
                 self.status = status;
-                if step.completed.is_some_and(|e| e.capture) {
+                if self.resetting && self.expect.is_empty() {
+                    self.resetting = false;
+                    self.force_release = true;
                     if let Some((params, extra)) = self.captured.take() {
                         self.params = params;
                         self.extra = extra;

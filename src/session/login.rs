@@ -123,9 +123,7 @@ pub async fn login(
             )
         })?;
 
-    let loopback = peer.ip().is_loopback()
-        || matches!(peer.ip(), std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()));
-    if !loopback && !shared.config.general.allow_plaintext_token {
+    if !is_loopback(peer) && !shared.config.general.allow_plaintext_token {
         return Err(LoginError::refused(
             "28000",
             "plaintext_token",
@@ -180,6 +178,17 @@ pub async fn login(
         cancel_pid,
         cancel,
     })))
+}
+
+/// Whether a peer address is this machine's loopback (also as an IPv4-mapped IPv6 address):
+/// the only place a token may travel over plaintext without `allow_plaintext_token`.
+fn is_loopback(peer: SocketAddr) -> bool {
+    match peer.ip() {
+        std::net::IpAddr::V4(v4) => v4.is_loopback(),
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
 }
 
 /// A random process id and secret from the OS CSPRNG: the key a client must present to
@@ -346,4 +355,33 @@ async fn read_password(stream: &mut TcpStream) -> Result<String, LoginError> {
 /// Appends the FATAL error for a refused login.
 pub fn refusal(out: &mut BytesMut, sqlstate: &str, message: &str) {
     messages::error_response(out, Severity::Fatal, sqlstate, message, None);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_peers_count_as_loopback() {
+        for (addr, expected) in [
+            ("127.0.0.1:5000", true),
+            ("127.8.9.10:5000", true),
+            ("[::1]:5000", true),
+            ("[::ffff:127.0.0.1]:5000", true),
+            ("10.0.0.7:5000", false),
+            ("192.168.1.2:5000", false),
+            ("[::ffff:10.0.0.7]:5000", false),
+            ("[2001:db8::1]:5000", false),
+        ] {
+            let peer: SocketAddr = addr.parse().unwrap();
+            assert_eq!(is_loopback(peer), expected, "{addr}");
+        }
+    }
+
+    #[test]
+    fn cancel_keys_are_positive_and_vary() {
+        let keys: std::collections::HashSet<(i32, i32)> = (0..64).map(|_| cancel_key()).collect();
+        assert!(keys.len() > 60);
+        assert!(keys.iter().all(|(pid, _)| *pid > 0));
+    }
 }

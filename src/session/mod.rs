@@ -31,6 +31,7 @@ use crate::pool::{Checkout, Pool};
 use crate::protocol::messages::{self, Severity};
 use crate::protocol::{self, FrameError, peek_frame};
 use crate::server::{INJECT_SQL, INJECT_STATEMENT};
+use crate::sql::{self, SessionCommand};
 use crate::state::Shared;
 use crate::tenant::TenantId;
 use expect::{ExpectQueue, Expected, Owner, Reply, Verdict};
@@ -164,6 +165,8 @@ struct Session {
     inject_literal: Bytes,
     /// Parameters the client chose.
     params: ParamSet,
+    /// Parameters from its startup packet (what `DISCARD ALL` returns to).
+    startup_params: ParamSet,
     /// Other session settings the client made, replayed on each server it uses.
     extra: ExtraSettings,
     /// Settings being read back from the server (see `params::CAPTURE_SQL`).
@@ -237,6 +240,7 @@ impl Session {
             pieces_text: Bytes::new(),
             inject,
             inject_literal,
+            startup_params: l.params.clone(),
             params: l.params,
             extra: Vec::new(),
             captured: None,
@@ -520,6 +524,17 @@ impl Session {
                 true
             }
             b'H' => true,
+            b'Q' => {
+                let text = protocol::payload(&self.cbuf[..len]);
+                let text = protocol::read_cstr(text)
+                    .map(|(t, _)| t)
+                    .unwrap_or_default();
+                if !may_be_session_command(text) {
+                    return false;
+                }
+                let text = String::from_utf8_lossy(text).into_owned();
+                self.answer_session_command(&text, b'I')
+            }
             b'S' => {
                 // Unbound means no transaction and nothing outstanding: PostgreSQL would
                 // answer idle.
@@ -546,6 +561,10 @@ impl Session {
                     ));
                 }
                 let plan = SqlPlan::of_statement(&String::from_utf8_lossy(query));
+                if let Some(feature) = plan.needs_session {
+                    self.refuse_parse(&session_feature_message(feature));
+                    return Ok(());
+                }
                 if name.is_empty() {
                     self.statements
                         .insert(Bytes::new(), ClientStatement { plan, shared: None });
@@ -605,7 +624,8 @@ impl Session {
                             protocol::put_cstr(b, def.name.as_bytes());
                             b.extend_from_slice(tail);
                         });
-                        self.expect.push(Expected::client(Reply::Bind));
+                        self.expect
+                            .push(Expected::client(Reply::Bind).with_stmt(def.id));
                         self.unsynced = true;
                     }
                     None => self.push_client(msg, Some(Reply::Bind)),
@@ -694,12 +714,27 @@ impl Session {
     /// followed by more statements, so that every transaction gets the tenant.
     fn forward_query(&mut self, msg: Bytes) -> Result<(), SessionError> {
         let (text, _) = split_cstr(protocol::payload(&msg))?;
+        if self.expect.is_empty() && may_be_session_command(text) {
+            let status = self.status;
+            if self.answer_session_command(&String::from_utf8_lossy(text), status) {
+                return Ok(());
+            }
+        }
         let plan = match std::str::from_utf8(text) {
             Ok(t) => SqlPlan::of_query(t),
             // Not UTF-8 (a single-byte client encoding): scan what decodes; the splitting
             // points only ever fall on ASCII bytes, so offsets stay valid.
             Err(_) => SqlPlan::of_query(&String::from_utf8_lossy(text)),
         };
+        if let Some(feature) = plan.needs_session {
+            let sql = raise_sql("0A000", &session_feature_message(feature));
+            let mut q = BytesMut::new();
+            protocol::put_message(&mut q, b'Q', |b| protocol::put_cstr(b, sql.as_bytes()));
+            self.push_client(q.freeze(), Some(Reply::Query));
+            self.unsynced = false;
+            self.maybe_ended = true;
+            return Ok(());
+        }
         // A lone ROLLBACK/COMMIT reads nothing; a failed transaction accepts only those.
         let wants_tenant = plan.statements > 0
             && !plan.no_transaction_block
@@ -748,6 +783,66 @@ impl Session {
         protocol::put_message(&mut self.to_server, b'Q', |b| protocol::put_cstr(b, &piece));
         self.expect.push(Expected::piece(self.pieces.is_empty()));
         self.maybe_ended = true;
+    }
+
+    /// Answers a Parse with an error raised by PostgreSQL itself (so the extended-protocol
+    /// error handling — skip to Sync, abort an open transaction block — is PostgreSQL's):
+    /// the unnamed statement is parsed as a `DO` block that raises, and executed. The
+    /// client's own statement is never created.
+    fn refuse_parse(&mut self, message: &str) {
+        let sql = raise_sql("0A000", message);
+        protocol::put_message(&mut self.to_server, b'P', |b| {
+            protocol::put_cstr(b, b"");
+            protocol::put_cstr(b, sql.as_bytes());
+            b.extend_from_slice(&0i16.to_be_bytes());
+        });
+        protocol::put_message(&mut self.to_server, b'B', |b| {
+            protocol::put_cstr(b, b"");
+            protocol::put_cstr(b, b"");
+            b.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        });
+        protocol::put_message(&mut self.to_server, b'E', |b| {
+            protocol::put_cstr(b, b"");
+            b.extend_from_slice(&0i32.to_be_bytes());
+        });
+        self.expect.push(Expected::proxy(Reply::Parse));
+        self.expect.push(Expected::proxy(Reply::Bind));
+        self.expect.push(Expected::client(Reply::Execute));
+        self.unsynced = true;
+    }
+
+    /// Answers `DEALLOCATE name|ALL` and `DISCARD ALL` for the client's own view of its
+    /// session (its prepared statements live in pgtenant, under shared names on the
+    /// servers; its settings follow it from server to server), as PostgreSQL would answer
+    /// them. `status` is the transaction state to report. Returns false when the statement
+    /// must go to the server instead (an unknown name, DISCARD ALL inside a transaction
+    /// block: PostgreSQL's own error then).
+    fn answer_session_command(&mut self, text: &str, status: u8) -> bool {
+        let tag: &[u8] = match sql::session_command(text) {
+            Some(SessionCommand::DeallocateAll) => {
+                self.statements.retain(|name, _| name.is_empty());
+                b"DEALLOCATE ALL"
+            }
+            Some(SessionCommand::Deallocate(name)) => {
+                if self.statements.remove(name.as_bytes()).is_none() {
+                    return false;
+                }
+                b"DEALLOCATE"
+            }
+            Some(SessionCommand::DiscardAll) if status == b'I' => {
+                self.statements.clear();
+                self.params = self.startup_params.clone();
+                self.extra.clear();
+                if self.server.is_some() {
+                    self.reset_needed = true;
+                }
+                b"DISCARD ALL"
+            }
+            _ => return false,
+        };
+        protocol::put_message(&mut self.to_client, b'C', |b| protocol::put_cstr(b, tag));
+        messages::ready_for_query(&mut self.to_client, status);
+        true
     }
 
     /// Whether the next statement must set the tenant first.
@@ -922,20 +1017,23 @@ impl Session {
         }
         let mut verdict = step.verdict;
         if let Some(failed) = step.completed.filter(|e| tag == b'E' && e.stmt != 0) {
-            {
-                // The statement was not created: forget that this server has it, and for
-                // the client's own Parse, that the client has it.
-                if let Some(server) = self.server.as_mut() {
-                    server.conn().prepared.remove(&failed.stmt);
-                }
-                if failed.owner == Owner::Client {
+            // Forget that this server has the statement: a failed Parse did not create it,
+            // and after a failed Bind (e.g. "cached plan must not change result type" once
+            // the schema changed) a fresh Close + Parse gives it a new plan next time.
+            if let Some(server) = self.server.as_mut() {
+                server.conn().prepared.remove(&failed.stmt);
+            }
+            match (failed.reply, failed.owner) {
+                (Reply::Parse, Owner::Client) => {
                     self.statements
                         .retain(|_, s| s.shared.as_ref().is_none_or(|d| d.id != failed.stmt));
-                } else {
+                }
+                (_, Owner::Proxy) => {
                     // Preparing for the client's Bind/Describe failed (a table was dropped,
                     // …): the client's own message would have drawn this error.
                     verdict = Verdict::Forward;
                 }
+                _ => {}
             }
         }
         if tag == b'D' && self.captured.is_some() {
@@ -1169,6 +1267,38 @@ fn data_row_text(payload: &[u8]) -> impl Iterator<Item = Option<&str>> {
         rest = &rest[len as usize..];
         Some(std::str::from_utf8(value).ok())
     })
+}
+
+/// Cheap filter before [`sql::session_command`]: such statements start with `D`/`d`, or
+/// with a comment.
+fn may_be_session_command(text: &[u8]) -> bool {
+    text.iter()
+        .find(|c| !c.is_ascii_whitespace())
+        .is_some_and(|c| matches!(c, b'd' | b'D' | b'/' | b'-'))
+}
+
+/// A `DO` block that makes PostgreSQL raise `sqlstate` with `message` (pgtenant's own text,
+/// quoted as a literal).
+fn raise_sql(sqlstate: &str, message: &str) -> String {
+    let mut sql = String::from("DO $pgtenant$BEGIN RAISE EXCEPTION USING ERRCODE = '");
+    sql.push_str(sqlstate);
+    sql.push_str("', MESSAGE = '");
+    for c in message.chars().filter(|&c| c != '$') {
+        if c == '\'' {
+            sql.push('\'');
+        }
+        sql.push(c);
+    }
+    sql.push_str("'; END$pgtenant$");
+    sql
+}
+
+fn session_feature_message(feature: &str) -> String {
+    format!(
+        "{feature} cannot be used through pgtenant: it needs a dedicated server session, and \
+         pgtenant lends servers per transaction; use a transaction-scoped alternative or \
+         connect to PostgreSQL directly"
+    )
 }
 
 /// Close + Parse + Bind + Execute of `SET LOCAL <setting> = '<tenant>'`: used before a

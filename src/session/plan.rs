@@ -26,6 +26,9 @@ pub struct SqlPlan {
     /// Some statement may change session-level settings (`SET`, `RESET`, `DISCARD`,
     /// `set_config`): the server must be reset before another client uses it.
     pub changes_session: bool,
+    /// Some statement uses a feature that needs a dedicated server session (LISTEN,
+    /// session advisory locks, WITH HOLD cursors, temporary tables, SQL PREPARE).
+    pub needs_session: Option<&'static str>,
     /// Byte offsets just after each transaction-ending statement that is followed by more
     /// statements: the query is split there so that each part gets the tenant.
     pub splits: Vec<usize>,
@@ -40,18 +43,18 @@ impl SqlPlan {
                 statements: shape.statements,
                 no_transaction_block: shape.first == StatementKind::NoTransactionBlock,
                 opens_block: opens_block(shape.first, text),
-                changes_session: sql::changes_session_state(text),
                 ..SqlPlan::default()
             };
             plan.note(&shape.first);
+            plan.note_effects(text);
             return plan;
         }
         let mut plan = SqlPlan {
             statements: shape.statements,
             opens_block: opens_block(shape.first, text),
-            changes_session: sql::changes_session_state(text),
             ..SqlPlan::default()
         };
+        plan.note_effects(text);
         for stmt in sql::statements(text) {
             plan.note(&stmt.kind);
         }
@@ -69,11 +72,17 @@ impl SqlPlan {
             statements: usize::from(kind != StatementKind::Empty),
             no_transaction_block: kind == StatementKind::NoTransactionBlock,
             opens_block: opens_block(kind, text),
-            changes_session: sql::changes_session_state(text),
             ..SqlPlan::default()
         };
         plan.note(&kind);
+        plan.note_effects(text);
         plan
+    }
+
+    fn note_effects(&mut self, text: &str) {
+        let fx = sql::session_effects(text);
+        self.changes_session = fx.changes_settings;
+        self.needs_session = fx.needs_session;
     }
 
     fn note(&mut self, kind: &StatementKind) {

@@ -26,7 +26,10 @@ mod tests;
 
 use classify::StatementScanner;
 use lexer::{Lexer, TokenKind};
-pub use session_state::{changes_session_state, sets_transaction_characteristics};
+pub use session_state::{
+    SessionCommand, SessionEffects, changes_session_state, session_command, session_effects,
+    sets_transaction_characteristics,
+};
 
 /// What a statement means for transaction boundaries, read from its leading keywords.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -1,87 +1,192 @@
-//! Does a piece of SQL change session state that would outlive its transaction?
+//! What a piece of SQL does to its session beyond its transaction.
 //!
-//! In transaction mode a server is shared between clients, so a session-level `SET`, a
-//! `RESET`, a `DISCARD` or a `set_config(…, false)` made by one client must not reach the
-//! next one. This detector answers "maybe" generously (any `set_config` call, even with
-//! `is_local = true`, counts) because a false positive only costs one `RESET ALL`, while a
-//! false negative would leak settings. It never allocates.
+//! In transaction mode a server is shared between clients, so two things matter:
+//! - settings a statement may change at session level (`SET`, `RESET`, `DISCARD`,
+//!   `set_config(…, false)`): the session reads them back and resets the server;
+//! - features that only work while the client keeps the same server session (`LISTEN`,
+//!   session advisory locks, `WITH HOLD` cursors, temporary tables, SQL-level `PREPARE`):
+//!   the session refuses them with a clear error instead of letting them half-work.
+//!
+//! The detector answers "maybe" generously for settings (any `set_config` call counts,
+//! since a false positive costs one `RESET ALL` and a false negative would leak), and
+//! precisely for features (a false positive refuses a valid statement). It never allocates.
 
 use super::lexer::{Lexer, TokenKind};
 
+/// The session-level effects of one query string.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionEffects {
+    /// Some statement may change session-level settings.
+    pub changes_settings: bool,
+    /// Some statement needs a dedicated server session; names the feature.
+    pub needs_session: Option<&'static str>,
+}
+
 /// True when `sql` (one or more statements) may change session-level settings.
 pub fn changes_session_state(sql: &str) -> bool {
+    session_effects(sql).changes_settings
+}
+
+/// Scans `sql` (one or more statements) for session-level effects.
+pub fn session_effects(sql: &str) -> SessionEffects {
     let b = sql.as_bytes();
-    if mentions_set_config(b) {
-        return true;
-    }
-    // Without a `;` there is one statement and only its first two words matter.
+    let mut fx = SessionEffects {
+        changes_settings: contains_word_part(b, b"set_config"),
+        needs_session: contains_word_part(b, b"advisory_lock").then_some(
+            "session-level advisory locks (pg_advisory_lock; pg_advisory_xact_lock works)",
+        ),
+    };
+    // Without a `;` there is one statement: stop as soon as its leading words decided.
     let single = !b.contains(&b';');
     let mut lexer = Lexer::new(b);
-    // Position within the current statement: the first two words decide.
-    let mut first: Option<&[u8]> = None;
-    let mut index = 0usize;
+    let mut stmt = StatementWords::default();
     while let Some(tok) = lexer.next_token() {
         if tok.kind == TokenKind::Semicolon {
-            if first.is_some_and(|w| is_session_verb(w, None)) {
-                return true;
-            }
-            first = None;
-            index = 0;
+            stmt.finish(&mut fx);
+            stmt = StatementWords::default();
             continue;
         }
-        let word = &b[tok.start..tok.end];
-        match index {
-            0 => {
-                if tok.kind != TokenKind::Word {
-                    // Not a statement that starts with a keyword; skip to its end.
-                    first = Some(b"");
-                } else {
-                    first = Some(word);
-                }
-            }
+        let word = (tok.kind == TokenKind::Word).then(|| &b[tok.start..tok.end]);
+        if !stmt.feed(word, &mut fx) && single {
+            return fx;
+        }
+    }
+    stmt.finish(&mut fx);
+    fx
+}
+
+/// The leading words of one statement, as far as they matter.
+#[derive(Default)]
+struct StatementWords<'a> {
+    count: usize,
+    first: Option<&'a [u8]>,
+    second: Option<&'a [u8]>,
+    /// Inside `DECLARE …` before `FOR`: whether the previous word was WITH.
+    declare_saw_with: bool,
+    decided: bool,
+}
+
+impl<'a> StatementWords<'a> {
+    /// Feeds the next token (`None` for a non-word). Returns false once nothing more about
+    /// this statement can change the answer.
+    fn feed(&mut self, word: Option<&'a [u8]>, fx: &mut SessionEffects) -> bool {
+        if self.decided {
+            return false;
+        }
+        self.count += 1;
+        match self.count {
             1 => {
-                if let Some(f) = first {
-                    let second = (tok.kind == TokenKind::Word).then_some(word);
-                    if is_session_verb(f, Some(second.unwrap_or(b""))) {
-                        return true;
+                self.first = word;
+                if word.is_none() {
+                    self.decided = true;
+                }
+                if let Some(w) = word {
+                    if eq(w, b"listen") {
+                        fx.needs_session = Some("LISTEN");
+                        self.decided = true;
+                    } else if eq(w, b"reset") || eq(w, b"discard") {
+                        fx.changes_settings = true;
+                        self.decided = true;
                     }
                 }
-                first = Some(b"");
+                !self.decided
             }
-            _ if single => break,
-            _ => {}
+            2 => {
+                self.second = word;
+                let first = self.first.unwrap_or_default();
+                let second = word.unwrap_or_default();
+                if eq(first, b"set") {
+                    if !(eq(second, b"local")
+                        || eq(second, b"transaction")
+                        || eq(second, b"constraints"))
+                    {
+                        fx.changes_settings = true;
+                    }
+                    self.decided = true;
+                } else if eq(first, b"prepare") {
+                    if !eq(second, b"transaction") {
+                        fx.needs_session =
+                            Some("SQL-level PREPARE (use protocol-level prepared statements)");
+                    }
+                    self.decided = true;
+                } else if eq(first, b"create") {
+                    if is_temp(second) {
+                        fx.needs_session = Some("temporary tables");
+                        self.decided = true;
+                    } else if !(eq(second, b"global") || eq(second, b"local")) {
+                        self.decided = true;
+                    }
+                } else if !eq(first, b"declare") {
+                    self.decided = true;
+                }
+                !self.decided
+            }
+            _ => {
+                let first = self.first.unwrap_or_default();
+                let w = word.unwrap_or_default();
+                if eq(first, b"create") {
+                    // CREATE GLOBAL|LOCAL TEMP …
+                    if is_temp(w) {
+                        fx.needs_session = Some("temporary tables");
+                    }
+                    self.decided = true;
+                } else {
+                    // DECLARE name … {WITH|WITHOUT} HOLD … FOR query
+                    if eq(w, b"for") {
+                        self.decided = true;
+                    } else if self.declare_saw_with && eq(w, b"hold") {
+                        fx.needs_session = Some("WITH HOLD cursors");
+                        self.decided = true;
+                    }
+                    self.declare_saw_with = eq(w, b"with");
+                }
+                !self.decided
+            }
         }
-        index += 1;
     }
-    first.is_some_and(|w| is_session_verb(w, None))
+
+    fn finish(&self, fx: &mut SessionEffects) {
+        // A lone `SET` (a syntax error) or `SET x` cut short: treat as a settings change.
+        if self.count == 1 && self.first.is_some_and(|w| eq(w, b"set")) {
+            fx.changes_settings = true;
+        }
+    }
 }
 
-/// `SET x …` (but not `SET LOCAL`, `SET TRANSACTION`, `SET CONSTRAINTS`, which end with the
-/// transaction), `RESET …`, `DISCARD …`.
-fn is_session_verb(first: &[u8], second: Option<&[u8]>) -> bool {
-    if first.eq_ignore_ascii_case(b"reset") || first.eq_ignore_ascii_case(b"discard") {
-        return true;
-    }
-    if !first.eq_ignore_ascii_case(b"set") {
+fn eq(a: &[u8], b: &[u8]) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
+fn is_temp(w: &[u8]) -> bool {
+    eq(w, b"temp") || eq(w, b"temporary")
+}
+
+/// Any occurrence of `needle` (which contains a `_`), in any case, anywhere — also in
+/// strings and comments, where dynamic SQL hides.
+fn contains_word_part(b: &[u8], needle: &[u8]) -> bool {
+    let Some(us) = needle.iter().position(|&c| c == b'_') else {
         return false;
-    }
-    match second {
-        None => true,
-        Some(w) => {
-            !(w.eq_ignore_ascii_case(b"local")
-                || w.eq_ignore_ascii_case(b"transaction")
-                || w.eq_ignore_ascii_case(b"constraints"))
-        }
-    }
+    };
+    b.iter().enumerate().any(|(i, &c)| {
+        c == b'_'
+            && i >= us
+            && b.len() >= i - us + needle.len()
+            && b[i - us..i - us + needle.len()].eq_ignore_ascii_case(needle)
+    })
 }
 
-/// Any occurrence of `set_config`, in any case, anywhere (also in strings and comments:
-/// dynamic SQL hides there).
-fn mentions_set_config(b: &[u8]) -> bool {
-    const NEEDLE: &[u8] = b"set_config";
-    b.iter().enumerate().any(|(i, &c)| {
-        c == b'_' && i >= 3 && b.len() >= i + 7 && b[i - 3..i + 7].eq_ignore_ascii_case(NEEDLE)
-    })
+/// True when the first statement is `SET TRANSACTION …` or `SET SESSION CHARACTERISTICS …`:
+/// it must run before anything in its transaction takes a snapshot.
+pub fn sets_transaction_characteristics(sql: &str) -> bool {
+    let b = sql.as_bytes();
+    let mut lexer = Lexer::new(b);
+    let mut words = std::iter::from_fn(|| lexer.next_token())
+        .take(2)
+        .map(|t| (t.kind == TokenKind::Word).then(|| &b[t.start..t.end]));
+    let (Some(Some(first)), Some(Some(second))) = (words.next(), words.next()) else {
+        return false;
+    };
+    eq(first, b"set") && (eq(second, b"transaction") || eq(second, b"session"))
 }
 
 #[cfg(test)]
@@ -123,26 +228,45 @@ mod tests {
             assert!(!changes_session_state(sql), "{sql}");
         }
     }
-}
 
-/// True when the first statement is `SET TRANSACTION …` or `SET SESSION CHARACTERISTICS …`:
-/// it must run before anything in its transaction takes a snapshot.
-pub fn sets_transaction_characteristics(sql: &str) -> bool {
-    let b = sql.as_bytes();
-    let mut lexer = Lexer::new(b);
-    let mut words = std::iter::from_fn(|| lexer.next_token())
-        .take(2)
-        .map(|t| (t.kind == TokenKind::Word).then(|| &b[t.start..t.end]));
-    let (Some(Some(first)), Some(Some(second))) = (words.next(), words.next()) else {
-        return false;
-    };
-    first.eq_ignore_ascii_case(b"set")
-        && (second.eq_ignore_ascii_case(b"transaction") || second.eq_ignore_ascii_case(b"session"))
-}
+    #[test]
+    fn features_that_need_a_session_are_named() {
+        for (sql, feature) in [
+            ("LISTEN jobs", "LISTEN"),
+            ("select pg_advisory_lock(1)", "advisory"),
+            ("SELECT pg_try_advisory_lock_shared(7)", "advisory"),
+            ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", "WITH HOLD"),
+            (
+                "declare c binary no scroll cursor with hold for select 1",
+                "WITH HOLD",
+            ),
+            ("CREATE TEMP TABLE t (a int)", "temporary"),
+            ("create global temporary table t (a int)", "temporary"),
+            ("CREATE LOCAL TEMP VIEW v AS SELECT 1", "temporary"),
+            ("PREPARE q AS SELECT 1", "PREPARE"),
+            ("SELECT 1; LISTEN x", "LISTEN"),
+        ] {
+            let got = session_effects(sql).needs_session;
+            assert!(got.is_some_and(|g| g.contains(feature)), "{sql}: {got:?}");
+        }
+    }
 
-#[cfg(test)]
-mod transaction_characteristics_tests {
-    use super::*;
+    #[test]
+    fn ordinary_statements_need_no_session() {
+        for sql in [
+            "SELECT pg_advisory_xact_lock(1)",
+            "SELECT pg_advisory_unlock_all()",
+            "DECLARE c CURSOR FOR SELECT 1",
+            "DECLARE c CURSOR WITHOUT HOLD FOR SELECT 'with hold'",
+            "CREATE TABLE temp (a int)",
+            "PREPARE TRANSACTION 'x'",
+            "UNLISTEN *",
+            "SELECT 'LISTEN x'",
+            "CREATE INDEX ON t (a)",
+        ] {
+            assert_eq!(session_effects(sql).needs_session, None, "{sql}");
+        }
+    }
 
     #[test]
     fn set_transaction_is_recognised() {
@@ -154,5 +278,91 @@ mod transaction_characteristics_tests {
         ));
         assert!(!sets_transaction_characteristics("SET search_path = a"));
         assert!(!sets_transaction_characteristics("SELECT 1"));
+    }
+}
+
+/// A client statement pgtenant answers itself because it concerns the client's own view
+/// of its session, not the shared server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionCommand {
+    /// `DEALLOCATE [PREPARE] name`: the name as PostgreSQL resolves it (unquoted names fold
+    /// to lower case).
+    Deallocate(String),
+    /// `DEALLOCATE [PREPARE] ALL`.
+    DeallocateAll,
+    /// `DISCARD ALL`.
+    DiscardAll,
+}
+
+/// Recognises a single statement that is one of [`SessionCommand`]; `None` otherwise.
+pub fn session_command(sql: &str) -> Option<SessionCommand> {
+    let b = sql.as_bytes();
+    let mut lexer = Lexer::new(b);
+    let mut toks =
+        std::iter::from_fn(|| lexer.next_token()).filter(|t| t.kind != TokenKind::Semicolon);
+    let first = toks.next()?;
+    let word = |t: &super::lexer::Token| (t.kind == TokenKind::Word).then(|| &b[t.start..t.end]);
+    let first = word(&first)?;
+    let cmd = if eq(first, b"discard") {
+        let second = toks.next()?;
+        if !word(&second).is_some_and(|w| eq(w, b"all")) {
+            return None;
+        }
+        SessionCommand::DiscardAll
+    } else if eq(first, b"deallocate") {
+        let mut t = toks.next()?;
+        if word(&t).is_some_and(|w| eq(w, b"prepare")) {
+            t = toks.next()?;
+        }
+        match t.kind {
+            TokenKind::Word if eq(&b[t.start..t.end], b"all") => SessionCommand::DeallocateAll,
+            TokenKind::Word => SessionCommand::Deallocate(
+                String::from_utf8_lossy(&b[t.start..t.end]).to_lowercase(),
+            ),
+            TokenKind::QuotedIdent if b[t.start] == b'"' && t.end >= t.start + 2 => {
+                let inner = &sql[t.start + 1..t.end - 1];
+                SessionCommand::Deallocate(inner.replace("\"\"", "\""))
+            }
+            _ => return None,
+        }
+    } else {
+        return None;
+    };
+    // Anything after it (but a trailing `;`) makes it something else.
+    if toks.next().is_some() {
+        return None;
+    }
+    Some(cmd)
+}
+
+#[cfg(test)]
+mod session_command_tests {
+    use super::*;
+
+    #[test]
+    fn deallocate_and_discard_all_are_recognised() {
+        assert_eq!(
+            session_command("DEALLOCATE ALL"),
+            Some(SessionCommand::DeallocateAll)
+        );
+        assert_eq!(
+            session_command("deallocate prepare all;"),
+            Some(SessionCommand::DeallocateAll)
+        );
+        assert_eq!(
+            session_command("DEALLOCATE S_1"),
+            Some(SessionCommand::Deallocate("s_1".into()))
+        );
+        assert_eq!(
+            session_command("DEALLOCATE \"S_1\""),
+            Some(SessionCommand::Deallocate("S_1".into()))
+        );
+        assert_eq!(
+            session_command("/* x */ DISCARD ALL"),
+            Some(SessionCommand::DiscardAll)
+        );
+        assert_eq!(session_command("DISCARD PLANS"), None);
+        assert_eq!(session_command("DEALLOCATE a; SELECT 1"), None);
+        assert_eq!(session_command("SELECT 1"), None);
     }
 }

@@ -68,6 +68,9 @@ pub struct General {
     pub client_login_timeout: Duration,
     pub idle_transaction_timeout: Option<Duration>,
     pub max_packet_size: usize,
+    /// Most clients' prepared statements kept prepared on one server connection; the least
+    /// recently used is closed beyond it (PgBouncer: max_prepared_statements).
+    pub max_prepared_statements: usize,
     pub tenant_setting: String,
     pub allow_plaintext_token: bool,
     /// 0 = number of cores.
@@ -94,6 +97,7 @@ impl Default for General {
             client_login_timeout: Duration::from_secs(60),
             idle_transaction_timeout: None,
             max_packet_size: 64 * 1024 * 1024,
+            max_prepared_statements: 200,
             tenant_setting: "app.current_tenant_id".to_owned(),
             allow_plaintext_token: false,
             workers: 0,
@@ -656,6 +660,7 @@ const GENERAL_KEYS: &[&str] = &[
     "client_login_timeout",
     "idle_transaction_timeout",
     "max_packet_size",
+    "max_prepared_statements",
     "tenant_setting",
     "allow_plaintext_token",
     "workers",
@@ -739,6 +744,12 @@ fn parse_general(mut t: Table) -> Result<General, ConfigError> {
         MAX_PACKET_SIZE_LIMIT,
         d.max_packet_size,
     )?;
+    let max_prepared_statements = t.usize(
+        "max_prepared_statements",
+        1,
+        100_000,
+        d.max_prepared_statements,
+    )?;
     let tenant_setting = t
         .non_empty_string("tenant_setting")?
         .unwrap_or(d.tenant_setting);
@@ -765,6 +776,7 @@ fn parse_general(mut t: Table) -> Result<General, ConfigError> {
         client_login_timeout,
         idle_transaction_timeout,
         max_packet_size,
+        max_prepared_statements,
         tenant_setting,
         allow_plaintext_token,
         workers,

@@ -92,8 +92,11 @@ pub struct ServerConn {
     /// Client-chosen parameters pgtenant has applied to this session (see
     /// [`crate::session::params`]).
     pub tracked: crate::session::params::ParamSet,
-    /// Ids of the shared statements ([`crate::pool::statements`]) prepared on this server.
-    pub prepared: std::collections::HashSet<u64>,
+    /// Shared statements ([`crate::pool::statements`]) prepared on this server: id → when
+    /// last used (a counter), for closing the least recently used beyond
+    /// `max_prepared_statements`.
+    pub prepared: HashMap<u64, u64>,
+    use_counter: u64,
 }
 
 impl std::fmt::Debug for ServerConn {
@@ -129,7 +132,8 @@ impl ServerConn {
             needs_reprepare: false,
             rbuf: BytesMut::with_capacity(8192),
             tracked: Default::default(),
-            prepared: Default::default(),
+            prepared: HashMap::new(),
+            use_counter: 0,
         };
         match tokio::time::timeout(timeout, conn.login(db)).await {
             Err(_) => Err(ServerError::ConnectTimeout { addr }),
@@ -351,6 +355,35 @@ impl ServerConn {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
             Err(_) => true,
         }
+    }
+
+    /// Marks a shared statement as used now; returns whether it is prepared here.
+    pub fn touch_prepared(&mut self, id: u64) -> bool {
+        self.use_counter += 1;
+        match self.prepared.get_mut(&id) {
+            Some(last) => {
+                *last = self.use_counter;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records a shared statement as prepared here (the Parse is being sent).
+    pub fn add_prepared(&mut self, id: u64) {
+        self.use_counter += 1;
+        self.prepared.insert(id, self.use_counter);
+    }
+
+    /// The least recently used statement to close so that one more fits under `max`.
+    pub fn prepared_victim(&self, max: usize) -> Option<u64> {
+        if self.prepared.len() < max {
+            return None;
+        }
+        self.prepared
+            .iter()
+            .min_by_key(|(_, last)| **last)
+            .map(|(id, _)| *id)
     }
 
     /// Sends Terminate, best effort, and drops the connection.

@@ -23,6 +23,11 @@ pub struct StmtDef {
     pub parse: Bytes,
 }
 
+/// The server-side name of shared statement `id`.
+pub fn server_name(id: u64) -> String {
+    format!("pgt_{id}")
+}
+
 #[derive(Debug, Default)]
 pub struct StatementRegistry {
     next: AtomicU64,
@@ -38,7 +43,7 @@ impl StatementRegistry {
             return Arc::clone(def);
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let name = format!("pgt_{id}");
+        let name = server_name(id);
         let mut parse = BytesMut::with_capacity(body.len() + name.len() + 6);
         protocol::put_message(&mut parse, b'P', |b| {
             protocol::put_cstr(b, name.as_bytes());

@@ -137,6 +137,7 @@ struct Session {
     pool: Arc<Pool>,
     tenant: TenantId,
     max_packet: usize,
+    max_prepared: usize,
     idle_transaction_timeout: Option<Duration>,
     /// Client bytes read but not yet handled.
     cbuf: BytesMut,
@@ -226,6 +227,7 @@ impl Session {
             pool: l.pool,
             tenant: l.tenant,
             max_packet: shared.config.general.max_packet_size,
+            max_prepared: shared.config.general.max_prepared_statements,
             idle_transaction_timeout: shared.config.general.idle_transaction_timeout,
             cbuf: BytesMut::new(),
             to_client: out,
@@ -580,7 +582,7 @@ impl Session {
                     self.unsynced = true;
                 } else {
                     let def = self.pool.statements.register(rest);
-                    let on_server = self.server_conn()?.prepared.contains(&def.id);
+                    let on_server = self.server_conn()?.touch_prepared(def.id);
                     self.statements.insert(
                         msg.slice_ref(name),
                         ClientStatement {
@@ -592,8 +594,9 @@ impl Session {
                         self.expect.push(Expected::synthetic(b'1'));
                         self.unsynced = true;
                     } else {
+                        self.make_room_for_statement();
                         self.send_close_statement(&def.name);
-                        self.server_conn()?.prepared.insert(def.id);
+                        self.server_conn()?.add_prepared(def.id);
                         self.to_server.extend_from_slice(&def.parse);
                         self.expect
                             .push(Expected::client(Reply::Parse).with_stmt(def.id));
@@ -896,13 +899,35 @@ impl Session {
         let Some(server) = self.server.as_mut() else {
             return;
         };
-        if !server.conn().prepared.insert(def.id) {
+        if server.conn().touch_prepared(def.id) {
             return;
+        }
+        self.make_room_for_statement();
+        if let Some(server) = self.server.as_mut() {
+            server.conn().add_prepared(def.id);
         }
         self.send_close_statement(&def.name);
         self.to_server.extend_from_slice(&def.parse);
         self.expect
             .push(Expected::proxy(Reply::Parse).with_stmt(def.id));
+    }
+
+    /// Closes the bound server's least recently used shared statement when it holds
+    /// `max_prepared_statements` already.
+    fn make_room_for_statement(&mut self) {
+        let max = self.max_prepared;
+        let Some(server) = self.server.as_mut() else {
+            return;
+        };
+        let conn = server.conn();
+        while let Some(victim) = conn.prepared_victim(max) {
+            conn.prepared.remove(&victim);
+            protocol::put_message(&mut self.to_server, b'C', |b| {
+                b.extend_from_slice(b"S");
+                protocol::put_cstr(b, crate::pool::statements::server_name(victim).as_bytes());
+            });
+            self.expect.push(Expected::proxy(Reply::Close));
+        }
     }
 
     fn send_close_statement(&mut self, name: &str) {

@@ -39,6 +39,9 @@ use login::{LoggedIn, LoginError, LoginOutcome};
 use params::{ExtraSettings, ParamSet, tracked_index};
 use plan::SqlPlan;
 
+/// Stands for the client's unnamed statement where a shared statement id is expected.
+const UNNAMED_STATEMENT: u64 = u64::MAX;
+
 /// Above this many bytes queued for one side, stop reading from the other (backpressure).
 const HIGH_WATER: usize = 256 * 1024;
 /// Server messages can be as large as PostgreSQL allows (1 GB).
@@ -183,6 +186,14 @@ struct Session {
     tenant_setting: String,
     /// The client's prepared statements, by its names.
     statements: HashMap<Bytes, ClientStatement>,
+    /// The client's latest Parse of the unnamed statement, re-sent when a later batch binds
+    /// it on a server that does not have it (PostgreSQL keeps the unnamed statement until
+    /// the next Parse of it or the next simple Query).
+    unnamed_parse: Option<Bytes>,
+    /// `unnamed_parse` holds its own allocation (not a slice of a read buffer).
+    unnamed_parse_owned: bool,
+    /// The bound server has the client's unnamed statement.
+    unnamed_on_server: bool,
     /// The server's state cannot be vouched for: close it instead of returning it.
     dirty: bool,
     /// The client may have changed session-level settings on the server: `RESET ALL`
@@ -251,6 +262,9 @@ impl Session {
             force_release: false,
             tenant_setting: shared.config.general.tenant_setting.clone(),
             statements: HashMap::new(),
+            unnamed_parse: None,
+            unnamed_parse_owned: false,
+            unnamed_on_server: false,
             dirty: false,
             session_changed: false,
             cancel_pid: l.cancel_pid,
@@ -357,6 +371,13 @@ impl Session {
         if self.cbuf.is_empty() {
             self.cbuf = BytesMut::new();
         }
+        if !self.unnamed_parse_owned {
+            // Do not keep a whole read buffer alive for one small message.
+            if let Some(p) = self.unnamed_parse.as_mut() {
+                *p = Bytes::copy_from_slice(p);
+            }
+            self.unnamed_parse_owned = true;
+        }
         if self.to_client.is_empty() {
             self.to_client = BytesMut::new();
         }
@@ -393,6 +414,7 @@ impl Session {
         self.expect.clear();
         self.dirty = false;
         self.session_changed = false;
+        self.unnamed_on_server = false;
         let conn = checkout.conn();
         self.cancel
             .bind(CancelTarget {
@@ -444,6 +466,7 @@ impl Session {
             self.session_changed = false;
             self.reset_needed = false;
             self.resetting = true;
+            self.unnamed_on_server = false;
             if let Some(server) = self.server.as_mut() {
                 server.conn().tracked = Default::default();
             }
@@ -570,6 +593,9 @@ impl Session {
                 if name.is_empty() {
                     self.statements
                         .insert(Bytes::new(), ClientStatement { plan, shared: None });
+                    self.unnamed_parse = Some(msg.clone());
+                    self.unnamed_parse_owned = false;
+                    self.unnamed_on_server = true;
                     self.push_client(msg, Some(Reply::Parse));
                 } else if let Some(existing) =
                     self.statements.get(name).and_then(|s| s.shared.clone())
@@ -631,7 +657,12 @@ impl Session {
                             .push(Expected::client(Reply::Bind).with_stmt(def.id));
                         self.unsynced = true;
                     }
-                    None => self.push_client(msg, Some(Reply::Bind)),
+                    None => {
+                        if stmt.is_empty() {
+                            self.ensure_unnamed();
+                        }
+                        self.push_client(msg, Some(Reply::Bind));
+                    }
                 }
                 if plan.ends_transaction {
                     self.tenant_in_txn = false;
@@ -651,7 +682,12 @@ impl Session {
                             self.expect.push(Expected::client(Reply::DescribeStatement));
                             self.unsynced = true;
                         }
-                        None => self.push_client(msg, Some(Reply::DescribeStatement)),
+                        None => {
+                            if name.is_empty() {
+                                self.ensure_unnamed();
+                            }
+                            self.push_client(msg, Some(Reply::DescribeStatement));
+                        }
                     }
                 }
                 Some(b'P') => self.push_client(msg, Some(Reply::DescribePortal)),
@@ -717,6 +753,9 @@ impl Session {
     /// followed by more statements, so that every transaction gets the tenant.
     fn forward_query(&mut self, msg: Bytes) -> Result<(), SessionError> {
         let (text, _) = split_cstr(protocol::payload(&msg))?;
+        // A simple Query destroys the unnamed statement (PostgreSQL's exec_simple_query).
+        self.unnamed_parse = None;
+        self.unnamed_on_server = false;
         if self.expect.is_empty() && may_be_session_command(text) {
             let status = self.status;
             if self.answer_session_command(&String::from_utf8_lossy(text), status) {
@@ -812,6 +851,22 @@ impl Session {
         self.expect.push(Expected::proxy(Reply::Bind));
         self.expect.push(Expected::client(Reply::Execute));
         self.unsynced = true;
+        self.unnamed_on_server = false;
+    }
+
+    /// Re-sends the client's unnamed statement to a server that does not have it.
+    fn ensure_unnamed(&mut self) {
+        if self.unnamed_on_server {
+            return;
+        }
+        if let Some(parse) = self.unnamed_parse.clone() {
+            self.to_server.extend_from_slice(&parse);
+            // Marked like a shared statement so that a failure reaches the client (its
+            // Bind would have failed the same way).
+            self.expect
+                .push(Expected::proxy(Reply::Parse).with_stmt(UNNAMED_STATEMENT));
+            self.unnamed_on_server = true;
+        }
     }
 
     /// Answers `DEALLOCATE name|ALL` and `DISCARD ALL` for the client's own view of its

@@ -29,4 +29,5 @@ pub mod server;
 pub mod session;
 pub mod sql;
 pub mod state;
+pub mod stats;
 pub mod tenant;

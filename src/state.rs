@@ -20,6 +20,8 @@ pub struct Shared {
     pub clients: AtomicUsize,
     /// Cancel keys of logged-in clients and the servers they are bound to.
     pub cancels: crate::cancel::CancelRegistry,
+    /// What metrics and the admin console report.
+    pub stats: Arc<crate::stats::Stats>,
     next_client_id: AtomicU64,
 }
 
@@ -28,6 +30,8 @@ pub struct Shared {
 pub enum StateError {
     #[error("auth: {0}")]
     Verifier(String),
+    #[error(transparent)]
+    Stats(#[from] crate::stats::StatsError),
 }
 
 impl Shared {
@@ -35,10 +39,11 @@ impl Shared {
         let verifier =
             TokenVerifier::new(&config.auth).map_err(|e| StateError::Verifier(e.to_string()))?;
         let g = &config.general;
+        let stats = crate::stats::Stats::new()?;
         let pools = config
             .databases
             .iter()
-            .map(|(name, db)| {
+            .map(|(name, db)| -> Result<(String, Arc<Pool>), StateError> {
                 let settings = PoolSettings {
                     pool_size: config.pool_size(db),
                     min_pool_size: g.min_pool_size,
@@ -50,15 +55,20 @@ impl Shared {
                     server_lifetime: g.server_lifetime,
                     allow_privileged_role: db.allow_privileged_role,
                 };
-                (name.clone(), Pool::new(name.clone(), db.clone(), settings))
+                let pool_stats = stats.pool(name)?;
+                Ok((
+                    name.clone(),
+                    Pool::new(name.clone(), db.clone(), settings, pool_stats),
+                ))
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         Ok(Arc::new(Shared {
             config,
             verifier,
             pools,
             clients: AtomicUsize::new(0),
             cancels: Default::default(),
+            stats,
             next_client_id: AtomicU64::new(1),
         }))
     }

@@ -102,6 +102,8 @@ pub struct Pool {
     pub counters: PoolCounters,
     /// pgtenant's names for clients' prepared statements.
     pub statements: statements::StatementRegistry,
+    /// Traffic numbers of this database (metrics and SHOW STATS).
+    pub stats: Arc<crate::stats::PoolStats>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -111,7 +113,12 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    pub fn new(name: String, db: DatabaseConfig, settings: PoolSettings) -> Arc<Pool> {
+    pub fn new(
+        name: String,
+        db: DatabaseConfig,
+        settings: PoolSettings,
+        stats: Arc<crate::stats::PoolStats>,
+    ) -> Arc<Pool> {
         Arc::new(Pool {
             name,
             upstream: Arc::from(format!("{}:{}", db.host, db.port)),
@@ -126,6 +133,7 @@ impl Pool {
             startup_params: Mutex::new(Vec::new()),
             counters: PoolCounters::default(),
             statements: statements::StatementRegistry::default(),
+            stats,
         })
     }
 
@@ -305,6 +313,7 @@ impl Pool {
             Ok(c) => c,
             Err(source) => {
                 self.counters.connect_errors.fetch_add(1, Ordering::Relaxed);
+                self.stats.connect_errors.inc();
                 tracing::warn!(db = %self.name, error = %source, "upstream connection failed");
                 return Err(PoolError::Connect {
                     db: self.name.clone(),

@@ -19,7 +19,8 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
@@ -33,6 +34,7 @@ use crate::protocol::{self, FrameError, peek_frame};
 use crate::server::{INJECT_SQL, INJECT_STATEMENT};
 use crate::sql::{self, SessionCommand};
 use crate::state::Shared;
+use crate::stats::{ClientState, ClientTracker};
 use crate::tenant::TenantId;
 use expect::{ExpectQueue, Expected, Owner, Reply, Verdict};
 use login::{LoggedIn, LoginError, LoginOutcome};
@@ -114,6 +116,7 @@ pub async fn serve_client(
             message,
             reason,
         })) => {
+            shared.stats.login_failed(reason);
             out.clear();
             login::refusal(&mut out, sqlstate, &message);
             let _ = stream.write_all(&out).await;
@@ -129,6 +132,7 @@ pub async fn serve_client(
         tracing::info!(client = client_id, %peer, tenant = %logged_in.tenant, db = %logged_in.database, user = %logged_in.user, "login");
     }
     messages::ready_for_query(&mut out, b'I');
+    shared.stats.logins.inc();
     let mut session = Session::new(client_id, stream, *logged_in, &shared, out);
     let result = session.run().await;
     session.finish(result, &shared).await;
@@ -201,6 +205,10 @@ struct Session {
     session_changed: bool,
     cancel_pid: i32,
     cancel: Arc<CancelSlot>,
+    /// This client's state in the gauges and its tenant's counters.
+    tracker: ClientTracker,
+    /// When the current transaction got its server.
+    xact_started: Option<Instant>,
 }
 
 /// A statement the client prepared: what pgtenant knows of its SQL, and for a named one the
@@ -230,6 +238,7 @@ enum Progress {
 impl Session {
     fn new(id: u64, client: TcpStream, l: LoggedIn, shared: &Shared, out: BytesMut) -> Session {
         let setting = shared.config.general.tenant_setting.as_bytes();
+        let tenant_stats = shared.stats.tenant(l.tenant.as_str());
         let inject = build_injection(setting, l.tenant.as_str().as_bytes());
         let inject_literal = build_literal_injection(setting, l.tenant.as_str().as_bytes());
         Session {
@@ -267,6 +276,8 @@ impl Session {
             unnamed_on_server: false,
             dirty: false,
             session_changed: false,
+            tracker: ClientTracker::new(Arc::clone(&shared.stats), tenant_stats),
+            xact_started: None,
             cancel_pid: l.cancel_pid,
             cancel: l.cancel,
         }
@@ -344,7 +355,7 @@ impl Session {
                     }
                     match self.client.try_read_buf(&mut self.cbuf) {
                         Ok(0) => return Ok(()),
-                        Ok(_) => {}
+                        Ok(n) => self.pool.stats.bytes_received.inc_by(n as u64),
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                         Err(e) => return Err(SessionError::ClientIo(e)),
                     }
@@ -392,7 +403,16 @@ impl Session {
 
     /// Checks out a server for the transaction the next client message starts.
     async fn bind_server(&mut self) -> Result<(), SessionError> {
-        let mut checkout = match self.pool.checkout().await {
+        self.tracker.set(ClientState::Waiting);
+        let waiting_since = Instant::now();
+        let checkout = self.pool.checkout().await;
+        let waited = waiting_since.elapsed();
+        self.pool.stats.waited(waited);
+        self.tracker
+            .tenant()
+            .wait_time_us
+            .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+        let mut checkout = match checkout {
             Ok(c) => c,
             Err(e) => {
                 let sqlstate = match e.sqlstate() {
@@ -407,6 +427,8 @@ impl Session {
                 return Err(SessionError::client(sqlstate, e.to_string()));
             }
         };
+        self.tracker.set(ClientState::Active);
+        self.xact_started = Some(Instant::now());
         self.status = b'I';
         self.unsynced = false;
         self.tenant_in_txn = false;
@@ -482,6 +504,7 @@ impl Session {
         self.force_release = false;
         // First make sure no cancel of this client can reach the server any more.
         self.cancel.unbind().await;
+        self.transaction_done();
         if let Some(server) = self.server.take() {
             if self.dirty {
                 server.discard();
@@ -491,6 +514,23 @@ impl Session {
         }
         self.tenant_in_txn = false;
         self.maybe_ended = false;
+    }
+
+    fn count_query(&self) {
+        self.pool.stats.queries.inc();
+        self.tracker
+            .tenant()
+            .queries
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts the transaction that just gave back its server.
+    fn transaction_done(&mut self) {
+        if let Some(started) = self.xact_started.take() {
+            self.pool.stats.transaction_done(started.elapsed());
+            self.tracker.tenant().xacts.fetch_add(1, Ordering::Relaxed);
+        }
+        self.tracker.set(ClientState::Idle);
     }
 
     /// Handles buffered client messages until one needs something that is not there yet.
@@ -668,7 +708,10 @@ impl Session {
                     self.tenant_in_txn = false;
                 }
             }
-            b'E' => self.push_client(msg, Some(Reply::Execute)),
+            b'E' => {
+                self.count_query();
+                self.push_client(msg, Some(Reply::Execute));
+            }
             b'D' => match body.first() {
                 Some(b'S') => {
                     let (name, _) = split_cstr(&body[1..])?;
@@ -753,6 +796,7 @@ impl Session {
     /// followed by more statements, so that every transaction gets the tenant.
     fn forward_query(&mut self, msg: Bytes) -> Result<(), SessionError> {
         let (text, _) = split_cstr(protocol::payload(&msg))?;
+        self.count_query();
         // A simple Query destroys the unnamed statement (PostgreSQL's exec_simple_query).
         self.unnamed_parse = None;
         self.unnamed_on_server = false;
@@ -1280,6 +1324,7 @@ impl Session {
         }
         self.cancel.unbind().await;
         shared.cancels.unregister(self.cancel_pid);
+        self.transaction_done();
         if let Some(server) = self.server.take() {
             let clean = !self.dirty
                 && !self.session_changed
@@ -1443,17 +1488,17 @@ async fn sleep_opt(d: Option<Duration>) {
     }
 }
 
-/// Writes as much of `buf` as the socket takes without blocking.
-fn write_some(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<()> {
+/// Writes as much of `buf` as the socket takes without blocking; returns how much.
+fn write_some(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
     match stream.try_write(buf) {
         Ok(n) => {
             let _ = buf.split_to(n);
             if buf.is_empty() && buf.capacity() > READ_CHUNK * 4 {
                 *buf = BytesMut::new();
             }
-            Ok(())
+            Ok(n)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
         Err(e) => Err(e),
     }
 }

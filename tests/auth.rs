@@ -6,37 +6,15 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use bytes::BytesMut;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use postgres_protocol::message::frontend;
 use serde_json::{Value, json};
+use support::raw::*;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-/// Upper bound for any single read from the proxy; reaching it means the proxy hung.
-const READ_BOUND: Duration = Duration::from_secs(30);
-
-/// The tenant the current transaction runs as, through the proxy.
-async fn current_tenant(client: &tokio_postgres::Client) -> String {
-    client
-        .query_one(&format!("SELECT current_setting('{TENANT_SETTING}')"), &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
-async fn invoice_count(client: &tokio_postgres::Client) -> i64 {
-    client
-        .query_one("SELECT count(*) FROM invoices", &[])
-        .await
-        .unwrap()
-        .get(0)
-}
+use tokio::io::AsyncWriteExt;
 
 fn fixture_path(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -62,136 +40,16 @@ fn assert_no_token_in(text: &str, token: &str, what: &str) {
     }
 }
 
-// ------------------------------------------------------------------ raw protocol helpers
-
-/// One backend message: its type byte and payload.
-#[derive(Debug)]
-struct BackendMsg {
-    tag: u8,
-    body: Vec<u8>,
-}
-
-/// Reads one message, or `None` at EOF. Panics if the proxy sends nothing within
-/// [`READ_BOUND`].
-async fn read_msg(stream: &mut TcpStream) -> Option<BackendMsg> {
-    let read = async {
-        let mut header = [0u8; 5];
-        if stream.read_exact(&mut header).await.is_err() {
-            return None;
-        }
-        let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-        assert!(len >= 4, "backend message with length {len}");
-        let mut body = vec![0u8; len as usize - 4];
-        if stream.read_exact(&mut body).await.is_err() {
-            return None;
-        }
-        Some(BackendMsg {
-            tag: header[0],
-            body,
-        })
-    };
-    match tokio::time::timeout(READ_BOUND, read).await {
-        Ok(msg) => msg,
-        Err(_) => panic!("the proxy sent nothing and did not close within {READ_BOUND:?}"),
-    }
-}
-
-/// A field (`b'C'` SQLSTATE, `b'M'` message...) of an ErrorResponse payload.
-fn error_field(body: &[u8], field: u8) -> Option<String> {
-    let mut rest = body;
-    while let Some((&kind, tail)) = rest.split_first() {
-        if kind == 0 {
-            break;
-        }
-        let end = tail.iter().position(|&b| b == 0)?;
-        if kind == field {
-            return Some(String::from_utf8_lossy(&tail[..end]).into_owned());
-        }
-        rest = &tail[end + 1..];
-    }
-    None
-}
-
-/// What the proxy answered to a raw startup.
-#[derive(Debug, Default)]
-struct LoginReply {
-    /// Authentication request codes in order (0 = Ok, 3 = cleartext password...).
-    auth: Vec<i32>,
-    params: HashMap<String, String>,
-    backend_key: bool,
-    ready: bool,
-    /// (SQLSTATE, message) of an ErrorResponse.
-    error: Option<(String, String)>,
-}
-
-async fn send_startup(port: u16, params: &[(&str, &str)]) -> TcpStream {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let mut buf = BytesMut::new();
-    frontend::startup_message(params.iter().copied(), &mut buf).unwrap();
-    stream.write_all(&buf).await.unwrap();
-    stream
-}
-
-/// Reads the login replies until ReadyForQuery, an error, EOF, or a password request.
-async fn read_login(stream: &mut TcpStream) -> LoginReply {
-    let mut reply = LoginReply::default();
-    while let Some(msg) = read_msg(stream).await {
-        match msg.tag {
-            b'R' => {
-                let code = i32::from_be_bytes([msg.body[0], msg.body[1], msg.body[2], msg.body[3]]);
-                reply.auth.push(code);
-                if code != 0 {
-                    return reply;
-                }
-            }
-            b'S' => {
-                let mut parts = msg.body.split(|&b| b == 0);
-                let name = String::from_utf8_lossy(parts.next().unwrap_or(&[])).into_owned();
-                let value = String::from_utf8_lossy(parts.next().unwrap_or(&[])).into_owned();
-                reply.params.insert(name, value);
-            }
-            b'K' => reply.backend_key = true,
-            b'Z' => {
-                reply.ready = true;
-                return reply;
-            }
-            b'E' => {
-                reply.error = Some((
-                    error_field(&msg.body, b'C').unwrap_or_default(),
-                    error_field(&msg.body, b'M').unwrap_or_default(),
-                ));
-                return reply;
-            }
-            _ => {}
-        }
-    }
-    reply
-}
-
-/// Runs a simple query on a raw, logged-in connection; returns the first column of each row.
-async fn raw_query(stream: &mut TcpStream, sql: &str) -> Vec<String> {
-    let mut buf = BytesMut::new();
-    frontend::query(sql, &mut buf).unwrap();
-    stream.write_all(&buf).await.unwrap();
-    let mut rows = Vec::new();
-    loop {
-        let msg = read_msg(stream)
-            .await
-            .unwrap_or_else(|| panic!("connection closed during {sql:?}"));
-        match msg.tag {
-            b'D' => {
-                let len = i32::from_be_bytes([msg.body[2], msg.body[3], msg.body[4], msg.body[5]]);
-                let value = &msg.body[6..6 + len as usize];
-                rows.push(String::from_utf8_lossy(value).into_owned());
-            }
-            b'E' => panic!(
-                "{sql:?} failed: {:?}",
-                error_field(&msg.body, b'M').unwrap_or_default()
-            ),
-            b'Z' => return rows,
-            _ => {}
-        }
-    }
+/// A client that gives `token` only as `-c tenant_token=…` in `options`, with no password.
+fn token_in_options_config(port: u16, token: &str) -> tokio_postgres::Config {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(port)
+        .user(CLIENT_USER)
+        .dbname(PROXY_DBNAME)
+        .options(format!("-c tenant_token={token}"));
+    config
 }
 
 // ------------------------------------------------------------------ where the token comes from
@@ -227,15 +85,7 @@ async fn token_as_tenant_token_startup_parameter_needs_no_password() {
     let db = TestDb::new();
     let proxy = Proxy::start(ProxyConfig::for_db(&db));
     let token = token_for(TENANT_GLOBEX);
-    let mut stream = send_startup(
-        proxy.port(),
-        &[
-            ("user", CLIENT_USER),
-            ("database", PROXY_DBNAME),
-            ("tenant_token", &token),
-        ],
-    )
-    .await;
+    let mut stream = send_startup(proxy.port(), &token_params(&token)).await;
     let reply = read_login(&mut stream).await;
     assert_eq!(reply.error, None);
     assert_eq!(
@@ -244,11 +94,7 @@ async fn token_as_tenant_token_startup_parameter_needs_no_password() {
         "expected AuthenticationOk without a password request"
     );
     assert!(reply.backend_key && reply.ready, "{reply:?}");
-    let tenant = raw_query(
-        &mut stream,
-        &format!("SELECT current_setting('{TENANT_SETTING}')"),
-    )
-    .await;
+    let tenant = raw_query(&mut stream, CURRENT_TENANT).await;
     assert_eq!(tenant, vec![TENANT_GLOBEX.to_owned()]);
     let count = raw_query(&mut stream, "SELECT count(*) FROM invoices").await;
     assert_eq!(count, vec![GLOBEX_INVOICES.to_string()]);
@@ -258,13 +104,7 @@ async fn token_as_tenant_token_startup_parameter_needs_no_password() {
 async fn token_in_options_logs_in_without_a_password() {
     let db = TestDb::new();
     let proxy = Proxy::start(ProxyConfig::for_db(&db));
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host("127.0.0.1")
-        .port(proxy.port())
-        .user(CLIENT_USER)
-        .dbname(PROXY_DBNAME)
-        .options(format!("-c tenant_token={}", token_for(TENANT_ACME)));
+    let config = token_in_options_config(proxy.port(), &token_for(TENANT_ACME));
     // No password is configured: tokio-postgres fails if the proxy asks for one.
     let client = connect(&config).await.unwrap();
     assert_eq!(current_tenant(&client).await, TENANT_ACME);
@@ -424,15 +264,7 @@ async fn bad_tokens_in_startup_parameter_and_options_are_refused_without_echoing
     let proxy = Proxy::start(ProxyConfig::for_db(&db));
     for case in bad_tokens() {
         // As the tenant_token startup parameter.
-        let mut stream = send_startup(
-            proxy.port(),
-            &[
-                ("user", CLIENT_USER),
-                ("database", PROXY_DBNAME),
-                ("tenant_token", &case.token),
-            ],
-        )
-        .await;
+        let mut stream = send_startup(proxy.port(), &token_params(&case.token)).await;
         let reply = read_login(&mut stream).await;
         let Some((code, message)) = reply.error else {
             panic!("{}: no ErrorResponse, got {reply:?}", case.name);
@@ -446,13 +278,7 @@ async fn bad_tokens_in_startup_parameter_and_options_are_refused_without_echoing
         assert_no_token_in(&message, &case.token, case.name);
 
         // Inside options.
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host("127.0.0.1")
-            .port(proxy.port())
-            .user(CLIENT_USER)
-            .dbname(PROXY_DBNAME)
-            .options(format!("-c tenant_token={}", case.token));
+        let config = token_in_options_config(proxy.port(), &case.token);
         match connect(&config).await {
             Ok(_) => panic!("{}: accepted inside options", case.name),
             Err(err) => assert_auth_failure(case.name, &err, &case.token, case.says),
@@ -468,17 +294,7 @@ async fn bad_tokens_in_startup_parameter_and_options_are_refused_without_echoing
 async fn empty_password_is_refused_with_an_auth_error() {
     let db = TestDb::new();
     let proxy = Proxy::start(ProxyConfig::for_db(&db));
-    let mut stream = send_startup(
-        proxy.port(),
-        &[("user", CLIENT_USER), ("database", PROXY_DBNAME)],
-    )
-    .await;
-    let reply = read_login(&mut stream).await;
-    assert_eq!(
-        reply.auth,
-        vec![3],
-        "expected a cleartext password request, got {reply:?}"
-    );
+    let mut stream = raw_password_request(proxy.port()).await;
     let mut buf = BytesMut::new();
     frontend::password_message(b"", &mut buf).unwrap();
     stream.write_all(&buf).await.unwrap();

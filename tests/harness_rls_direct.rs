@@ -9,6 +9,7 @@ use std::os::unix::fs::MetadataExt as _;
 use pgtenant::cluster::{HbaMethod, PasswordHash};
 use support::*;
 use tokio_postgres::Client;
+use tokio_postgres::types::ToSql;
 
 /// Starts a transaction on `client` scoped to `tenant`, the way the proxy does.
 async fn begin_as(client: &Client, tenant: &str) {
@@ -156,50 +157,45 @@ async fn tenant_b_sees_none_of_tenant_a_rows() {
     assert_eq!(total, (ACME_INVOICES + 1).to_string());
 }
 
-#[tokio::test]
-async fn insert_with_another_tenants_id_is_rejected() {
+/// Runs `sql` as `api_user` in a transaction of Acme, in a fresh database; PostgreSQL must
+/// refuse it with `code`.
+async fn assert_refused_as_acme(sql: &str, params: &[&(dyn ToSql + Sync)], code: &str) {
     let db = TestDb::new();
     let client = db.api_user().await;
     begin_as(&client, TENANT_ACME).await;
-    let err = client
-        .execute(
-            "INSERT INTO invoices (tenant_id, amount) VALUES ($1::text::uuid, 1.00)",
-            &[&TENANT_GLOBEX],
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(sqlstate(&err), Some("42501"), "{err}");
+    let err = client.execute(sql, params).await.unwrap_err();
+    assert_eq!(sqlstate(&err), Some(code), "{err}");
+}
+
+#[tokio::test]
+async fn insert_with_another_tenants_id_is_rejected() {
+    assert_refused_as_acme(
+        "INSERT INTO invoices (tenant_id, amount) VALUES ($1::text::uuid, 1.00)",
+        &[&TENANT_GLOBEX],
+        "42501",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn update_cannot_move_a_row_to_another_tenant() {
-    let db = TestDb::new();
-    let client = db.api_user().await;
-    begin_as(&client, TENANT_ACME).await;
-    let err = client
-        .execute(
-            "UPDATE invoices SET tenant_id = $1::text::uuid",
-            &[&TENANT_GLOBEX],
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(sqlstate(&err), Some("42501"), "{err}");
+    assert_refused_as_acme(
+        "UPDATE invoices SET tenant_id = $1::text::uuid",
+        &[&TENANT_GLOBEX],
+        "42501",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn invoice_cannot_reference_another_tenants_user() {
-    let db = TestDb::new();
-    let client = db.api_user().await;
-    begin_as(&client, TENANT_ACME).await;
-    let err = client
-        .execute(
-            "INSERT INTO invoices (tenant_id, created_by, amount) \
-             VALUES ($1::text::uuid, $2::text::uuid, 1.00)",
-            &[&TENANT_ACME, &GLOBEX_USER_ID],
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(sqlstate(&err), Some("23503"), "{err}");
+    assert_refused_as_acme(
+        "INSERT INTO invoices (tenant_id, created_by, amount) \
+         VALUES ($1::text::uuid, $2::text::uuid, 1.00)",
+        &[&TENANT_ACME, &GLOBEX_USER_ID],
+        "23503",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -280,12 +276,7 @@ async fn queries_fail_closed_without_a_tenant() {
     assert_eq!(sqlstate(&err), Some("42704"), "{err}");
 
     begin_as(&client, TENANT_ACME).await;
-    let count: i64 = client
-        .query_one("SELECT count(*) FROM invoices", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(count, ACME_INVOICES);
+    assert_eq!(invoice_count(&client).await, ACME_INVOICES);
     client.batch_execute("COMMIT").await.unwrap();
 
     // After the transaction the transaction-scoped value is gone: '' remains, which is not a
@@ -350,12 +341,7 @@ async fn cluster_stops_and_starts_on_the_same_port_keeping_data() {
     assert_eq!(pg.cluster().port(), port);
     let client = db.api_user().await;
     begin_as(&client, TENANT_GLOBEX).await;
-    let count: i64 = client
-        .query_one("SELECT count(*) FROM invoices", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(count, 0);
+    assert_eq!(invoice_count(&client).await, 0);
 
     pg.ok(pg.cluster().restart());
     assert_eq!(
@@ -387,12 +373,7 @@ async fn per_role_hba_methods_take_effect_after_reload() {
             .await
             .unwrap_or_else(|err| panic!("{method:?}: {err}"));
         begin_as(&client, TENANT_ACME).await;
-        let count: i64 = client
-            .query_one("SELECT count(*) FROM invoices", &[])
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(count, ACME_INVOICES, "{method:?}");
+        assert_eq!(invoice_count(&client).await, ACME_INVOICES, "{method:?}");
         let err = connect(&db.direct_config(&role, "wrong"))
             .await
             .unwrap_err();

@@ -13,8 +13,6 @@ use support::*;
 use tokio_postgres::types::{FromSql, Type};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-const CURRENT_TENANT: &str = "SELECT current_setting('app.current_tenant_id')";
-
 /// Any column value as its raw wire bytes (the extended protocol sends `uuid` as 16 bytes,
 /// which tokio-postgres cannot decode without a feature this crate does not enable).
 struct RawValue(Vec<u8>);
@@ -48,14 +46,6 @@ fn simple_rows(messages: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
         .collect()
 }
 
-/// The first column of every row of a simple-protocol reply.
-fn simple_column(messages: &[SimpleQueryMessage]) -> Vec<String> {
-    simple_rows(messages)
-        .into_iter()
-        .map(|row| row.into_iter().next().flatten().unwrap_or_default())
-        .collect()
-}
-
 /// The rows-affected count of the last CommandComplete of a simple-protocol reply.
 fn simple_affected(messages: &[SimpleQueryMessage]) -> u64 {
     messages
@@ -66,10 +56,6 @@ fn simple_affected(messages: &[SimpleQueryMessage]) -> u64 {
         })
         .next_back()
         .unwrap()
-}
-
-async fn current_tenant(client: &Client) -> String {
-    client.query_one(CURRENT_TENANT, &[]).await.unwrap().get(0)
 }
 
 /// Runs psql through the proxy, asserting success, and returns its `-A -t` output lines.
@@ -86,6 +72,18 @@ fn psql_lines(proxy: &Proxy, token: &str, sql: &str) -> Vec<String> {
         .lines()
         .map(str::to_owned)
         .collect()
+}
+
+/// Invoices `client` sees whose uuid column `column` equals `value` (extended protocol).
+async fn count_where(client: &Client, column: &str, value: &str) -> i64 {
+    client
+        .query_one(
+            &format!("SELECT count(*) FROM invoices WHERE {column} = $1::text::uuid"),
+            &[&value],
+        )
+        .await
+        .unwrap()
+        .get(0)
 }
 
 #[tokio::test]
@@ -117,35 +115,14 @@ async fn tenant_b_sees_none_of_the_invoice_tenant_a_inserted() {
     );
 
     // B, by id, by marker, by A's tenant id and in total: nothing of A's.
-    let by_id: i64 = globex
-        .query_one(
-            "SELECT count(*) FROM invoices WHERE id = $1::text::uuid",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(by_id, 0);
+    assert_eq!(count_where(&globex, "id", &id).await, 0);
     let by_marker = globex
         .simple_query("SELECT id FROM invoices WHERE status = 'breach-test'")
         .await
         .unwrap();
     assert!(simple_rows(&by_marker).is_empty());
-    let by_tenant: i64 = globex
-        .query_one(
-            "SELECT count(*) FROM invoices WHERE tenant_id = $1::text::uuid",
-            &[&TENANT_ACME],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(by_tenant, 0);
-    let total: i64 = globex
-        .query_one("SELECT count(*) FROM invoices", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(total, GLOBEX_INVOICES);
+    assert_eq!(count_where(&globex, "tenant_id", TENANT_ACME).await, 0);
+    assert_eq!(invoice_count(&globex).await, GLOBEX_INVOICES);
     assert_eq!(
         psql_lines(
             &proxy,
@@ -156,21 +133,8 @@ async fn tenant_b_sees_none_of_the_invoice_tenant_a_inserted() {
     );
 
     // A sees it, and all of its own.
-    let mine: i64 = acme
-        .query_one(
-            "SELECT count(*) FROM invoices WHERE id = $1::text::uuid",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(mine, 1);
-    let total: i64 = acme
-        .query_one("SELECT count(*) FROM invoices", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(total, ACME_INVOICES + 1);
+    assert_eq!(count_where(&acme, "id", &id).await, 1);
+    assert_eq!(invoice_count(&acme).await, ACME_INVOICES + 1);
 }
 
 #[tokio::test]
@@ -278,6 +242,15 @@ async fn insert_with_another_tenants_id_is_rejected_by_rls() {
     assert_eq!(current_tenant(&acme).await, TENANT_ACME);
 }
 
+/// Runs `extended` (with Globex's id as `$1`) and then `simple`, both aimed at Globex's rows,
+/// as `client`; each must affect no row.
+async fn assert_globex_untouched(client: &Client, what: &str, extended: &str, simple: &str) {
+    let affected = client.execute(extended, &[&TENANT_GLOBEX]).await.unwrap();
+    assert_eq!(affected, 0, "extended-protocol {what}");
+    let reply = client.simple_query(simple).await.unwrap();
+    assert_eq!(simple_affected(&reply), 0, "simple-protocol {what}");
+}
+
 #[tokio::test]
 async fn update_and_delete_of_another_tenants_rows_affect_nothing() {
     let db = TestDb::new();
@@ -288,36 +261,20 @@ async fn update_and_delete_of_another_tenants_rows_affect_nothing() {
          FROM invoices WHERE tenant_id = '{TENANT_GLOBEX}'"
     ));
 
-    let updated = acme
-        .execute(
-            "UPDATE invoices SET status = 'hijacked', amount = 0 WHERE tenant_id = $1::text::uuid",
-            &[&TENANT_GLOBEX],
-        )
-        .await
-        .unwrap();
-    assert_eq!(updated, 0, "extended-protocol UPDATE");
-    let updated = acme
-        .simple_query(&format!(
-            "UPDATE invoices SET status = 'hijacked' WHERE tenant_id = '{TENANT_GLOBEX}'"
-        ))
-        .await
-        .unwrap();
-    assert_eq!(simple_affected(&updated), 0, "simple-protocol UPDATE");
-    let deleted = acme
-        .execute(
-            "DELETE FROM invoices WHERE tenant_id = $1::text::uuid",
-            &[&TENANT_GLOBEX],
-        )
-        .await
-        .unwrap();
-    assert_eq!(deleted, 0, "extended-protocol DELETE");
-    let deleted = acme
-        .simple_query(&format!(
-            "DELETE FROM invoices WHERE tenant_id = '{TENANT_GLOBEX}'"
-        ))
-        .await
-        .unwrap();
-    assert_eq!(simple_affected(&deleted), 0, "simple-protocol DELETE");
+    assert_globex_untouched(
+        &acme,
+        "UPDATE",
+        "UPDATE invoices SET status = 'hijacked', amount = 0 WHERE tenant_id = $1::text::uuid",
+        &format!("UPDATE invoices SET status = 'hijacked' WHERE tenant_id = '{TENANT_GLOBEX}'"),
+    )
+    .await;
+    assert_globex_untouched(
+        &acme,
+        "DELETE",
+        "DELETE FROM invoices WHERE tenant_id = $1::text::uuid",
+        &format!("DELETE FROM invoices WHERE tenant_id = '{TENANT_GLOBEX}'"),
+    )
+    .await;
 
     // Without a tenant filter, only own rows change: each tenant has one 'sent' invoice.
     let updated = acme
@@ -396,8 +353,7 @@ async fn load_client_work(mut client: Client, tenant: String, expected: usize) {
         // Extended-protocol statements inside an explicit transaction; the insert is rolled
         // back so that every client of the tenant keeps seeing the seeded count.
         let tx = client.transaction().await.unwrap();
-        let setting: String = tx.query_one(CURRENT_TENANT, &[]).await.unwrap().get(0);
-        assert_eq!(setting, tenant, "{context}");
+        assert_eq!(current_tenant(&tx).await, tenant, "{context}");
         let owner: String = tx
             .query_one(
                 "INSERT INTO invoices (tenant_id, amount, status) \
@@ -409,11 +365,7 @@ async fn load_client_work(mut client: Client, tenant: String, expected: usize) {
             .unwrap()
             .get(0);
         assert_eq!(owner, tenant, "{context}");
-        let count: i64 = tx
-            .query_one("SELECT count(*) FROM invoices", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let count = invoice_count(&tx).await;
         assert_eq!(
             usize::try_from(count).unwrap(),
             expected + 1,

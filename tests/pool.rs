@@ -15,8 +15,9 @@ use std::time::Duration;
 use bytes::BytesMut;
 use pgtenant::cluster::{HbaMethod, PasswordHash, SUPERUSER};
 use postgres_protocol::message::frontend;
+use support::raw::*;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_postgres::Client;
 
@@ -50,22 +51,6 @@ async fn wait_for_server_count(superuser: &Client, db: &TestDb, user: &str, want
         );
         tokio::time::sleep(POLL_EVERY).await;
     }
-}
-
-async fn current_tenant(client: &Client) -> String {
-    client
-        .query_one(&format!("SELECT current_setting('{TENANT_SETTING}')"), &[])
-        .await
-        .unwrap()
-        .get(0)
-}
-
-async fn backend_pid(client: &Client) -> i32 {
-    client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0)
 }
 
 fn tenant_of(i: usize) -> &'static str {
@@ -124,11 +109,7 @@ async fn server_connections_never_exceed_pool_size_plus_reserve_under_50_clients
             let mut client = connect(&config).await.unwrap();
             for _ in 0..3 {
                 let txn = client.transaction().await.unwrap();
-                let tenant: String = txn
-                    .query_one(&format!("SELECT current_setting('{TENANT_SETTING}')"), &[])
-                    .await
-                    .unwrap()
-                    .get(0);
+                let tenant = current_tenant(&txn).await;
                 assert_eq!(tenant, tenant_of(i), "client {i} ran as another tenant");
                 txn.execute("SELECT pg_sleep(0.01)", &[]).await.unwrap();
                 let foreign: i64 = txn
@@ -383,59 +364,6 @@ async fn server_lifetime_replaces_old_servers_but_not_mid_transaction() {
 
 // ------------------------------------------------------------------ PostgreSQL down and back
 
-/// Raw connection logged in through the proxy with a `tenant_token` startup parameter.
-async fn raw_login(port: u16, token: &str) -> TcpStream {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let mut buf = BytesMut::new();
-    frontend::startup_message(
-        [
-            ("user", CLIENT_USER),
-            ("database", PROXY_DBNAME),
-            ("tenant_token", token),
-        ],
-        &mut buf,
-    )
-    .unwrap();
-    stream.write_all(&buf).await.unwrap();
-    loop {
-        let (tag, body) = read_msg(&mut stream).await.expect("closed during login");
-        assert_ne!(tag, b'E', "login failed: {:?}", error_field(&body, b'M'));
-        if tag == b'Z' {
-            return stream;
-        }
-    }
-}
-
-/// One message (type, payload), or `None` at EOF; panics after [`BOUND`].
-async fn read_msg(stream: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
-    let read = async {
-        let mut header = [0u8; 5];
-        stream.read_exact(&mut header).await.ok()?;
-        let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-        let mut body = vec![0u8; usize::try_from(len).ok()?.checked_sub(4)?];
-        stream.read_exact(&mut body).await.ok()?;
-        Some((header[0], body))
-    };
-    tokio::time::timeout(BOUND, read)
-        .await
-        .expect("the proxy neither answered nor closed")
-}
-
-fn error_field(body: &[u8], field: u8) -> Option<String> {
-    let mut rest = body;
-    while let Some((&kind, tail)) = rest.split_first() {
-        if kind == 0 {
-            break;
-        }
-        let end = tail.iter().position(|&b| b == 0)?;
-        if kind == field {
-            return Some(String::from_utf8_lossy(&tail[..end]).into_owned());
-        }
-        rest = &tail[end + 1..];
-    }
-    None
-}
-
 /// Sends a simple query and returns the SQLSTATE of the first error, or `None` if it
 /// succeeded (or the connection closed without an error).
 async fn raw_query_error(stream: &mut TcpStream, sql: &str) -> Option<String> {
@@ -449,9 +377,9 @@ async fn raw_query_error(stream: &mut TcpStream, sql: &str) -> Option<String> {
 
 /// Reads until an ErrorResponse (returns its SQLSTATE), ReadyForQuery or EOF (`None`).
 async fn raw_next_error(stream: &mut TcpStream) -> Option<String> {
-    while let Some((tag, body)) = read_msg(stream).await {
-        match tag {
-            b'E' => return Some(error_field(&body, b'C').unwrap_or_default()),
+    while let Some(msg) = read_msg(stream).await {
+        match msg.tag {
+            b'E' => return Some(error_field(&msg.body, b'C').unwrap_or_default()),
             b'Z' => return None,
             _ => {}
         }
@@ -490,7 +418,7 @@ async fn postgres_stopped_gives_class_08_errors_and_the_proxy_recovers_by_itself
     // One client idle between transactions, one in the middle of a transaction.
     let idle = proxy.connect(&acme).await.unwrap();
     assert_eq!(current_tenant(&idle).await, TENANT_ACME);
-    let mut busy = raw_login(proxy.port(), &acme).await;
+    let (mut busy, _) = raw_login(proxy.port(), &acme, &[]).await;
     assert_eq!(raw_query_error(&mut busy, "BEGIN; SELECT 1").await, None);
 
     let stopper = Arc::clone(&pg);
@@ -541,12 +469,7 @@ async fn postgres_stopped_gives_class_08_errors_and_the_proxy_recovers_by_itself
         tokio::time::sleep(POLL_EVERY).await;
     }
     let client = proxy.connect(&token_for(TENANT_GLOBEX)).await.unwrap();
-    let invoices: i64 = client
-        .query_one("SELECT count(*) FROM invoices", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(invoices, GLOBEX_INVOICES);
+    assert_eq!(invoice_count(&client).await, GLOBEX_INVOICES);
 }
 
 // ------------------------------------------------------------------ the pool role
@@ -560,27 +483,33 @@ fn assert_refused_for_rls(err: &tokio_postgres::Error, what: &str) {
     );
 }
 
+/// A proxy whose pool role is `privilege` (superuser, BYPASSRLS) refuses clients, twice in a
+/// row; with `allow_privileged_role` it serves a client of `tenant`.
+async fn assert_refused_unless_allowed(config: ProxyConfig, privilege: &str, tenant: &str) {
+    let proxy = Proxy::start(config.clone());
+    for attempt in 0..2 {
+        match proxy.connect(&token_for(TENANT_ACME)).await {
+            Ok(client) => {
+                let result = client.simple_query("SELECT 1").await;
+                panic!("attempt {attempt}: served with a {privilege} pool role: {result:?}");
+            }
+            Err(err) => assert_refused_for_rls(&err, privilege),
+        }
+    }
+    drop(proxy);
+
+    let proxy = Proxy::start(config.app_db("allow_privileged_role", true));
+    let client = proxy.connect(&token_for(tenant)).await.unwrap();
+    assert_eq!(current_tenant(&client).await, tenant);
+}
+
 #[tokio::test]
 async fn superuser_pool_role_is_refused_unless_allowed() {
     let db = TestDb::new();
     let config = ProxyConfig::for_db(&db)
         .app_db("user", SUPERUSER)
         .app_db("password", db.cluster().superuser_password());
-    let proxy = Proxy::start(config.clone());
-    for attempt in 0..2 {
-        match proxy.connect(&token_for(TENANT_ACME)).await {
-            Ok(client) => {
-                let result = client.simple_query("SELECT 1").await;
-                panic!("attempt {attempt}: served with a superuser pool role: {result:?}");
-            }
-            Err(err) => assert_refused_for_rls(&err, "superuser"),
-        }
-    }
-    drop(proxy);
-
-    let proxy = Proxy::start(config.app_db("allow_privileged_role", true));
-    let client = proxy.connect(&token_for(TENANT_ACME)).await.unwrap();
-    assert_eq!(current_tenant(&client).await, TENANT_ACME);
+    assert_refused_unless_allowed(config, "superuser", TENANT_ACME).await;
 }
 
 #[tokio::test]
@@ -592,21 +521,7 @@ async fn bypassrls_pool_role_is_refused_unless_allowed() {
     let config = ProxyConfig::for_db(&db)
         .app_db("user", role.as_str())
         .app_db("password", password);
-    let proxy = Proxy::start(config.clone());
-    for attempt in 0..2 {
-        match proxy.connect(&token_for(TENANT_ACME)).await {
-            Ok(client) => {
-                let result = client.simple_query("SELECT 1").await;
-                panic!("attempt {attempt}: served with a BYPASSRLS pool role: {result:?}");
-            }
-            Err(err) => assert_refused_for_rls(&err, "BYPASSRLS"),
-        }
-    }
-    drop(proxy);
-
-    let proxy = Proxy::start(config.app_db("allow_privileged_role", true));
-    let client = proxy.connect(&token_for(TENANT_GLOBEX)).await.unwrap();
-    assert_eq!(current_tenant(&client).await, TENANT_GLOBEX);
+    assert_refused_unless_allowed(config, "BYPASSRLS", TENANT_GLOBEX).await;
 }
 
 // ------------------------------------------------------------------ backend authentication
@@ -626,12 +541,7 @@ async fn backend_auth_works(prefix: &str, hash: PasswordHash, method: HbaMethod)
     let proxy = Proxy::start(config.clone());
     let client = proxy.connect(&token_for(TENANT_ACME)).await.unwrap();
     assert_eq!(current_tenant(&client).await, TENANT_ACME);
-    let invoices: i64 = client
-        .query_one("SELECT count(*) FROM invoices", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(invoices, ACME_INVOICES);
+    assert_eq!(invoice_count(&client).await, ACME_INVOICES);
     let superuser = db.superuser().await;
     assert!(server_count(&superuser, &db, &role).await >= 1);
     drop(client);

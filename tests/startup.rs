@@ -6,74 +6,19 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use bytes::BytesMut;
-use postgres_protocol::message::frontend;
 use support::proxy::proxy_binary;
+use support::raw::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Upper bound for any single read from the proxy; reaching it means the proxy hung.
-const READ_BOUND: Duration = Duration::from_secs(30);
 /// Upper bound for polling loops (something that must happen eventually).
 const POLL_BOUND: Duration = Duration::from_secs(30);
 
-const SSL_REQUEST_CODE: i32 = 80_877_103;
-const GSSENC_REQUEST_CODE: i32 = 80_877_104;
-
 // ------------------------------------------------------------------ raw protocol helpers
-
-/// One backend message: its type byte and payload.
-#[derive(Debug)]
-struct BackendMsg {
-    tag: u8,
-    body: Vec<u8>,
-}
-
-/// Reads one message, or `None` at EOF (or a reset). Panics if the proxy neither sends a
-/// whole message nor closes within [`READ_BOUND`].
-async fn read_msg(stream: &mut TcpStream) -> Option<BackendMsg> {
-    let read = async {
-        let mut header = [0u8; 5];
-        if stream.read_exact(&mut header).await.is_err() {
-            return None;
-        }
-        let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-        assert!(len >= 4, "backend message with length {len}");
-        let mut body = vec![0u8; len as usize - 4];
-        if stream.read_exact(&mut body).await.is_err() {
-            return None;
-        }
-        Some(BackendMsg {
-            tag: header[0],
-            body,
-        })
-    };
-    match tokio::time::timeout(READ_BOUND, read).await {
-        Ok(msg) => msg,
-        Err(_) => panic!("the proxy sent nothing and did not close within {READ_BOUND:?}"),
-    }
-}
-
-/// A field (`b'C'` SQLSTATE, `b'M'` message...) of an ErrorResponse payload.
-fn error_field(body: &[u8], field: u8) -> Option<String> {
-    let mut rest = body;
-    while let Some((&kind, tail)) = rest.split_first() {
-        if kind == 0 {
-            break;
-        }
-        let end = tail.iter().position(|&b| b == 0)?;
-        if kind == field {
-            return Some(String::from_utf8_lossy(&tail[..end]).into_owned());
-        }
-        rest = &tail[end + 1..];
-    }
-    None
-}
 
 /// How the proxy ended a conversation it did not like.
 #[derive(Debug, PartialEq, Eq)]
@@ -101,113 +46,6 @@ async fn error_or_close(stream: &mut TcpStream) -> Ending {
     Ending::Closed
 }
 
-/// What the proxy answered to a raw startup.
-#[derive(Debug, Default)]
-struct LoginReply {
-    /// Authentication request codes in order (0 = Ok, 3 = cleartext password...).
-    auth: Vec<i32>,
-    params: HashMap<String, String>,
-    backend_key: bool,
-    ready: bool,
-    /// (SQLSTATE, message) of an ErrorResponse.
-    error: Option<(String, String)>,
-}
-
-async fn raw_connect(port: u16) -> TcpStream {
-    TcpStream::connect(("127.0.0.1", port)).await.unwrap()
-}
-
-async fn write_startup(stream: &mut TcpStream, params: &[(&str, &str)]) {
-    let mut buf = BytesMut::new();
-    frontend::startup_message(params.iter().copied(), &mut buf).unwrap();
-    stream.write_all(&buf).await.unwrap();
-}
-
-/// Reads the login replies until ReadyForQuery, an error, EOF, or a password request.
-async fn read_login(stream: &mut TcpStream) -> LoginReply {
-    let mut reply = LoginReply::default();
-    while let Some(msg) = read_msg(stream).await {
-        match msg.tag {
-            b'R' => {
-                let code = i32::from_be_bytes([msg.body[0], msg.body[1], msg.body[2], msg.body[3]]);
-                reply.auth.push(code);
-                if code != 0 {
-                    return reply;
-                }
-            }
-            b'S' => {
-                let mut parts = msg.body.split(|&b| b == 0);
-                let name = String::from_utf8_lossy(parts.next().unwrap_or(&[])).into_owned();
-                let value = String::from_utf8_lossy(parts.next().unwrap_or(&[])).into_owned();
-                reply.params.insert(name, value);
-            }
-            b'K' => reply.backend_key = true,
-            b'Z' => {
-                reply.ready = true;
-                return reply;
-            }
-            b'E' => {
-                reply.error = Some((
-                    error_field(&msg.body, b'C').unwrap_or_default(),
-                    error_field(&msg.body, b'M').unwrap_or_default(),
-                ));
-                return reply;
-            }
-            _ => {}
-        }
-    }
-    reply
-}
-
-/// A raw connection logged in with `token` as the `tenant_token` parameter plus `extra`.
-async fn raw_login(port: u16, token: &str, extra: &[(&str, &str)]) -> (TcpStream, LoginReply) {
-    let mut stream = raw_connect(port).await;
-    let mut params = vec![
-        ("user", CLIENT_USER),
-        ("database", PROXY_DBNAME),
-        ("tenant_token", token),
-    ];
-    params.extend_from_slice(extra);
-    write_startup(&mut stream, &params).await;
-    let reply = read_login(&mut stream).await;
-    assert_eq!(reply.error, None, "login failed");
-    assert!(reply.ready, "login did not finish: {reply:?}");
-    (stream, reply)
-}
-
-/// Runs a simple query on a raw, logged-in connection; returns the first column of each row.
-async fn raw_query(stream: &mut TcpStream, sql: &str) -> Vec<String> {
-    let mut buf = BytesMut::new();
-    frontend::query(sql, &mut buf).unwrap();
-    stream.write_all(&buf).await.unwrap();
-    let mut rows = Vec::new();
-    loop {
-        let msg = read_msg(stream)
-            .await
-            .unwrap_or_else(|| panic!("connection closed during {sql:?}"));
-        match msg.tag {
-            b'D' => {
-                let len = i32::from_be_bytes([msg.body[2], msg.body[3], msg.body[4], msg.body[5]]);
-                let value = &msg.body[6..6 + len as usize];
-                rows.push(String::from_utf8_lossy(value).into_owned());
-            }
-            b'E' => panic!(
-                "{sql:?} failed: {:?}",
-                error_field(&msg.body, b'M').unwrap_or_default()
-            ),
-            b'Z' => return rows,
-            _ => {}
-        }
-    }
-}
-
-fn request_packet(code: i32) -> [u8; 8] {
-    let mut packet = [0u8; 8];
-    packet[..4].copy_from_slice(&8i32.to_be_bytes());
-    packet[4..].copy_from_slice(&code.to_be_bytes());
-    packet
-}
-
 async fn read_one_byte(stream: &mut TcpStream) -> u8 {
     let mut byte = [0u8; 1];
     match tokio::time::timeout(READ_BOUND, stream.read_exact(&mut byte)).await {
@@ -220,12 +58,7 @@ async fn read_one_byte(stream: &mut TcpStream) -> u8 {
 /// The proxy still logs clients in and runs their transactions.
 async fn assert_still_serving(proxy: &Proxy) {
     let client = proxy.connect(&token_for(TENANT_ACME)).await.unwrap();
-    let tenant: String = client
-        .query_one(&format!("SELECT current_setting('{TENANT_SETTING}')"), &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(tenant, TENANT_ACME);
+    assert_eq!(current_tenant(&client).await, TENANT_ACME);
 }
 
 // ------------------------------------------------------------------ database and limits
@@ -304,17 +137,9 @@ async fn tenant_setting_in_options_or_startup_parameters_is_refused_with_42501()
         }
     }
 
-    let mut stream = raw_connect(proxy.port()).await;
-    write_startup(
-        &mut stream,
-        &[
-            ("user", CLIENT_USER),
-            ("database", PROXY_DBNAME),
-            ("tenant_token", &token),
-            (TENANT_SETTING, TENANT_GLOBEX),
-        ],
-    )
-    .await;
+    let mut params = token_params(&token);
+    params.push((TENANT_SETTING, TENANT_GLOBEX));
+    let mut stream = send_startup(proxy.port(), &params).await;
     let reply = read_login(&mut stream).await;
     assert_eq!(
         reply.error.as_ref().map(|(code, _)| code.as_str()),
@@ -431,14 +256,7 @@ async fn malformed_messages_after_login_get_an_error_and_a_close() {
 async fn oversized_password_message_is_refused() {
     let db = TestDb::new();
     let proxy = Proxy::start(ProxyConfig::for_db(&db));
-    let mut stream = raw_connect(proxy.port()).await;
-    write_startup(
-        &mut stream,
-        &[("user", CLIENT_USER), ("database", PROXY_DBNAME)],
-    )
-    .await;
-    let reply = read_login(&mut stream).await;
-    assert_eq!(reply.auth, vec![3], "{reply:?}");
+    let mut stream = raw_password_request(proxy.port()).await;
     stream
         .write_all(&[b'p', 0x7f, 0xff, 0xff, 0xff])
         .await
@@ -463,14 +281,7 @@ async fn silent_client_is_dropped_after_client_login_timeout() {
     }
 
     // Asked for a password and never answers.
-    let mut stalled = raw_connect(proxy.port()).await;
-    write_startup(
-        &mut stalled,
-        &[("user", CLIENT_USER), ("database", PROXY_DBNAME)],
-    )
-    .await;
-    let reply = read_login(&mut stalled).await;
-    assert_eq!(reply.auth, vec![3], "{reply:?}");
+    let mut stalled = raw_password_request(proxy.port()).await;
     match error_or_close(&mut stalled).await {
         Ending::Error(code) => assert!(code.starts_with("08"), "{code}"),
         Ending::Closed => {}
@@ -499,24 +310,12 @@ async fn ssl_and_gssenc_requests_are_answered_n_and_login_proceeds() {
             stream.write_all(&request_packet(*code)).await.unwrap();
             assert_eq!(read_one_byte(&mut stream).await, b'N', "answer to {code}");
         }
-        write_startup(
-            &mut stream,
-            &[
-                ("user", CLIENT_USER),
-                ("database", PROXY_DBNAME),
-                ("tenant_token", &token),
-            ],
-        )
-        .await;
+        write_startup(&mut stream, &token_params(&token)).await;
         let reply = read_login(&mut stream).await;
         assert_eq!(reply.error, None);
         assert_eq!(reply.auth, vec![0]);
         assert!(reply.ready);
-        let tenant = raw_query(
-            &mut stream,
-            &format!("SELECT current_setting('{TENANT_SETTING}')"),
-        )
-        .await;
+        let tenant = raw_query(&mut stream, CURRENT_TENANT).await;
         assert_eq!(tenant, vec![TENANT_GLOBEX.to_owned()]);
     }
 }
@@ -552,11 +351,7 @@ async fn settings(client: &tokio_postgres::Client) -> Settings {
 async fn settings_in_transaction(client: &tokio_postgres::Client) -> (Settings, i32) {
     client.batch_execute("BEGIN").await.unwrap();
     let found = settings(client).await;
-    let pid: i32 = client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid = backend_pid(client).await;
     client.batch_execute("COMMIT").await.unwrap();
     (found, pid)
 }
@@ -590,12 +385,7 @@ async fn startup_parameters_are_in_effect_in_every_transaction() {
         expect_x(&settings(&client).await);
     }
     // The tenant still comes with them.
-    let tenant: String = client
-        .query_one(&format!("SELECT current_setting('{TENANT_SETTING}')"), &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(tenant, TENANT_ACME);
+    assert_eq!(current_tenant(&client).await, TENANT_ACME);
 }
 
 #[tokio::test]
@@ -657,10 +447,10 @@ async fn parameters_a_client_sets_later_do_not_leak_to_the_next_client() {
     let x_now = settings(&x).await;
     assert_eq!(x_now.time_zone, "Asia/Tokyo");
     assert_eq!(x_now.search_path, "custom");
-    let x_pid = backend_pid_of(&x).await;
+    let x_pid = backend_pid(&x).await;
 
     let y_now = settings(&y).await;
-    assert_eq!(backend_pid_of(&y).await, x_pid, "pool size 1: same server");
+    assert_eq!(backend_pid(&y).await, x_pid, "pool size 1: same server");
     assert_eq!(
         y_now.time_zone, defaults.time_zone,
         "X's SET TimeZone leaked"
@@ -675,14 +465,6 @@ async fn parameters_a_client_sets_later_do_not_leak_to_the_next_client() {
     );
     // X keeps what it set.
     assert_eq!(settings(&x).await.time_zone, "Asia/Tokyo");
-}
-
-async fn backend_pid_of(client: &tokio_postgres::Client) -> i32 {
-    client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0)
 }
 
 #[tokio::test]

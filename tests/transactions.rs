@@ -12,40 +12,17 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use support::*;
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, NoTls};
 
-const CURRENT_TENANT: &str = "SELECT current_setting('app.current_tenant_id')";
 /// Polls of `pg_stat_activity` before giving up on a condition (100 ms apart).
 const POLLS: usize = 150;
 /// Bound on any single wait for the proxy, so that a stuck pool fails the test instead of
 /// hanging it.
 const HANG_GUARD: Duration = Duration::from_secs(20);
 
-/// The first column of every row of a simple-protocol reply.
-fn simple_column(messages: &[SimpleQueryMessage]) -> Vec<String> {
-    messages
-        .iter()
-        .filter_map(|message| match message {
-            SimpleQueryMessage::Row(row) => Some(row.get(0).unwrap_or_default().to_owned()),
-            _ => None,
-        })
-        .collect()
-}
-
 async fn simple(client: &Client, sql: &str) -> Vec<String> {
     simple_column(&client.simple_query(sql).await.unwrap())
-}
-
-async fn extended_tenant(client: &Client) -> String {
-    client.query_one(CURRENT_TENANT, &[]).await.unwrap().get(0)
-}
-
-async fn extended_count(client: &Client) -> i64 {
-    client
-        .query_one("SELECT count(*) FROM invoices", &[])
-        .await
-        .unwrap()
-        .get(0)
 }
 
 /// `api_user` backends of `db` whose state starts with `state` (e.g. `idle in transaction`,
@@ -117,10 +94,10 @@ async fn autocommit_statement_runs_in_own_tenant_in_both_protocols() {
     let globex = proxy.connect(&token_for(TENANT_GLOBEX)).await.unwrap();
     for _ in 0..3 {
         assert_eq!(simple(&acme, CURRENT_TENANT).await, [TENANT_ACME]);
-        assert_eq!(extended_tenant(&acme).await, TENANT_ACME);
+        assert_eq!(current_tenant(&acme).await, TENANT_ACME);
         assert_eq!(simple(&globex, CURRENT_TENANT).await, [TENANT_GLOBEX]);
-        assert_eq!(extended_tenant(&globex).await, TENANT_GLOBEX);
-        assert_eq!(extended_count(&acme).await, ACME_INVOICES);
+        assert_eq!(current_tenant(&globex).await, TENANT_GLOBEX);
+        assert_eq!(invoice_count(&acme).await, ACME_INVOICES);
         assert_eq!(
             simple(&globex, "SELECT count(*) FROM invoices").await,
             [GLOBEX_INVOICES.to_string()]
@@ -137,7 +114,7 @@ async fn explicit_transaction_runs_in_own_tenant_in_both_protocols() {
     // Simple-protocol BEGIN, statements in both protocols, simple COMMIT.
     client.batch_execute("BEGIN").await.unwrap();
     assert_eq!(simple(&client, CURRENT_TENANT).await, [TENANT_ACME]);
-    assert_eq!(extended_tenant(&client).await, TENANT_ACME);
+    assert_eq!(current_tenant(&client).await, TENANT_ACME);
     client
         .execute(
             "INSERT INTO invoices (tenant_id, amount, status) \
@@ -146,29 +123,27 @@ async fn explicit_transaction_runs_in_own_tenant_in_both_protocols() {
         )
         .await
         .unwrap();
-    assert_eq!(extended_count(&client).await, ACME_INVOICES + 1);
+    assert_eq!(invoice_count(&client).await, ACME_INVOICES + 1);
     assert_eq!(simple(&client, CURRENT_TENANT).await, [TENANT_ACME]);
     client.batch_execute("COMMIT").await.unwrap();
 
     // Extended-protocol BEGIN and COMMIT.
     client.execute("BEGIN", &[]).await.unwrap();
-    assert_eq!(extended_tenant(&client).await, TENANT_ACME);
+    assert_eq!(current_tenant(&client).await, TENANT_ACME);
     assert_eq!(simple(&client, CURRENT_TENANT).await, [TENANT_ACME]);
-    assert_eq!(extended_count(&client).await, ACME_INVOICES + 1);
+    assert_eq!(invoice_count(&client).await, ACME_INVOICES + 1);
     client.execute("COMMIT", &[]).await.unwrap();
 
     // tokio-postgres's own transaction API.
     let tx = client.transaction().await.unwrap();
-    let setting: String = tx.query_one(CURRENT_TENANT, &[]).await.unwrap().get(0);
-    assert_eq!(setting, TENANT_ACME);
+    assert_eq!(current_tenant(&tx).await, TENANT_ACME);
     tx.execute(
         "UPDATE invoices SET status = 'done' WHERE status = 'explicit'",
         &[],
     )
     .await
     .unwrap();
-    let setting: String = tx.query_one(CURRENT_TENANT, &[]).await.unwrap().get(0);
-    assert_eq!(setting, TENANT_ACME);
+    assert_eq!(current_tenant(&tx).await, TENANT_ACME);
     tx.commit().await.unwrap();
 
     assert_eq!(
@@ -177,7 +152,7 @@ async fn explicit_transaction_runs_in_own_tenant_in_both_protocols() {
         )),
         "1"
     );
-    assert_eq!(extended_tenant(&client).await, TENANT_ACME);
+    assert_eq!(current_tenant(&client).await, TENANT_ACME);
 }
 
 #[tokio::test]
@@ -188,11 +163,11 @@ async fn start_transaction_runs_in_own_tenant() {
 
     client.batch_execute("START TRANSACTION").await.unwrap();
     assert_eq!(simple(&client, CURRENT_TENANT).await, [TENANT_GLOBEX]);
-    assert_eq!(extended_count(&client).await, GLOBEX_INVOICES);
+    assert_eq!(invoice_count(&client).await, GLOBEX_INVOICES);
     client.batch_execute("COMMIT").await.unwrap();
 
     client.execute("START TRANSACTION", &[]).await.unwrap();
-    assert_eq!(extended_tenant(&client).await, TENANT_GLOBEX);
+    assert_eq!(current_tenant(&client).await, TENANT_GLOBEX);
     assert_eq!(simple(&client, CURRENT_TENANT).await, [TENANT_GLOBEX]);
     client.execute("COMMIT", &[]).await.unwrap();
 
@@ -201,7 +176,7 @@ async fn start_transaction_runs_in_own_tenant() {
         .await
         .unwrap();
     assert_eq!(simple(&client, "SHOW transaction_read_only").await, ["on"]);
-    assert_eq!(extended_tenant(&client).await, TENANT_GLOBEX);
+    assert_eq!(current_tenant(&client).await, TENANT_GLOBEX);
     client.batch_execute("COMMIT").await.unwrap();
 
     assert_eq!(
@@ -268,7 +243,7 @@ async fn transaction_with_an_isolation_level_gets_that_level_and_the_tenant() {
             [TENANT_GLOBEX],
             "{what}"
         );
-        assert_eq!(extended_count(&client).await, GLOBEX_INVOICES, "{what}");
+        assert_eq!(invoice_count(&client).await, GLOBEX_INVOICES, "{what}");
         client.batch_execute("COMMIT").await.unwrap();
     }
 
@@ -277,7 +252,7 @@ async fn transaction_with_an_isolation_level_gets_that_level_and_the_tenant() {
         .await
     {
         Ok(_) => {
-            assert_eq!(extended_tenant(&client).await, TENANT_GLOBEX);
+            assert_eq!(current_tenant(&client).await, TENANT_GLOBEX);
             client.execute("COMMIT", &[]).await.unwrap();
         }
         Err(err) => {
@@ -302,8 +277,7 @@ async fn transaction_with_an_isolation_level_gets_that_level_and_the_tenant() {
                 .unwrap()
                 .get(0);
             assert_eq!(level, "serializable");
-            let setting: String = tx.query_one(CURRENT_TENANT, &[]).await.unwrap().get(0);
-            assert_eq!(setting, TENANT_GLOBEX);
+            assert_eq!(current_tenant(&tx).await, TENANT_GLOBEX);
             tx.commit().await.unwrap();
         }
         Err(err) => failures.push(format!(
@@ -364,9 +338,9 @@ async fn begin_that_is_not_the_first_statement_keeps_the_tenant() {
         ["1", TENANT_ACME]
     );
     assert_eq!(simple(&client, CURRENT_TENANT).await, [TENANT_ACME]);
-    assert_eq!(extended_tenant(&client).await, TENANT_ACME);
+    assert_eq!(current_tenant(&client).await, TENANT_ACME);
     client.batch_execute("COMMIT").await.unwrap();
-    assert_eq!(extended_tenant(&client).await, TENANT_ACME);
+    assert_eq!(current_tenant(&client).await, TENANT_ACME);
 }
 
 /// Needs the SQL scanner to find the COMMIT/ROLLBACK inside the query (`src/sql`).
@@ -401,7 +375,7 @@ async fn statements_after_commit_in_one_query_run_in_own_tenant() {
         .await,
         [TENANT_ACME, TENANT_ACME, &ACME_INVOICES.to_string()]
     );
-    assert_eq!(extended_tenant(&client).await, TENANT_ACME);
+    assert_eq!(current_tenant(&client).await, TENANT_ACME);
 }
 
 /// Needs the SQL scanner to recognise `COMMIT AND CHAIN` (`src/sql`).
@@ -416,16 +390,16 @@ async fn commit_and_chain_sets_the_tenant_in_the_chained_transaction() {
     assert_eq!(simple(&client, CURRENT_TENANT).await, [TENANT_GLOBEX]);
     client.batch_execute("COMMIT AND CHAIN").await.unwrap();
     assert_eq!(simple(&client, CURRENT_TENANT).await, [TENANT_GLOBEX]);
-    assert_eq!(extended_count(&client).await, GLOBEX_INVOICES);
+    assert_eq!(invoice_count(&client).await, GLOBEX_INVOICES);
     client.batch_execute("COMMIT").await.unwrap();
 
     // Extended protocol.
     client.execute("BEGIN", &[]).await.unwrap();
     client.execute("COMMIT AND CHAIN", &[]).await.unwrap();
-    assert_eq!(extended_tenant(&client).await, TENANT_GLOBEX);
-    assert_eq!(extended_count(&client).await, GLOBEX_INVOICES);
+    assert_eq!(current_tenant(&client).await, TENANT_GLOBEX);
+    assert_eq!(invoice_count(&client).await, GLOBEX_INVOICES);
     client.execute("ROLLBACK AND CHAIN", &[]).await.unwrap();
-    assert_eq!(extended_tenant(&client).await, TENANT_GLOBEX);
+    assert_eq!(current_tenant(&client).await, TENANT_GLOBEX);
     client.execute("COMMIT", &[]).await.unwrap();
 
     // Inside one multi-statement query.
@@ -438,7 +412,7 @@ async fn commit_and_chain_sets_the_tenant_in_the_chained_transaction() {
         .await,
         ["1", TENANT_GLOBEX]
     );
-    assert_eq!(extended_tenant(&client).await, TENANT_GLOBEX);
+    assert_eq!(current_tenant(&client).await, TENANT_GLOBEX);
 }
 
 #[tokio::test]
@@ -505,13 +479,12 @@ async fn no_server_is_left_in_a_transaction_or_showing_a_tenant_after_clients_fi
     let mut acme = proxy.connect(&token_for(TENANT_ACME)).await.unwrap();
     let globex = proxy.connect(&token_for(TENANT_GLOBEX)).await.unwrap();
 
-    assert_eq!(extended_tenant(&acme).await, TENANT_ACME);
+    assert_eq!(current_tenant(&acme).await, TENANT_ACME);
     acme.batch_execute("BEGIN; SELECT 1").await.unwrap();
     assert_eq!(simple(&acme, CURRENT_TENANT).await, [TENANT_ACME]);
     acme.batch_execute("COMMIT").await.unwrap();
     let tx = acme.transaction().await.unwrap();
-    let setting: String = tx.query_one(CURRENT_TENANT, &[]).await.unwrap().get(0);
-    assert_eq!(setting, TENANT_ACME);
+    assert_eq!(current_tenant(&tx).await, TENANT_ACME);
     tx.rollback().await.unwrap();
     globex.batch_execute("BEGIN").await.unwrap();
     let err = globex.batch_execute("SELECT 1/0").await.unwrap_err();
@@ -584,16 +557,11 @@ async fn transaction_scoped_tenant_never_reaches_the_next_client() {
             [TENANT_GLOBEX],
             "{round}"
         );
-        assert_eq!(extended_count(&globex).await, GLOBEX_INVOICES, "{round}");
+        assert_eq!(invoice_count(&globex).await, GLOBEX_INVOICES, "{round}");
 
         // Acme: extended-protocol transaction, then Globex's pipelined queries.
         let tx = acme.transaction().await.unwrap();
-        let count: i64 = tx
-            .query_one("SELECT count(*) FROM invoices", &[])
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(count, ACME_INVOICES, "{round}");
+        assert_eq!(invoice_count(&tx).await, ACME_INVOICES, "{round}");
         tx.commit().await.unwrap();
         let replies = join_all((0..3).map(|_| globex.query(CURRENT_TENANT, &[]))).await;
         for reply in replies {
@@ -609,8 +577,8 @@ async fn transaction_scoped_tenant_never_reaches_the_next_client() {
             .await,
             [TENANT_GLOBEX, &GLOBEX_INVOICES.to_string()]
         );
-        assert_eq!(extended_tenant(&acme).await, TENANT_ACME, "{round}");
-        assert_eq!(extended_count(&acme).await, ACME_INVOICES, "{round}");
+        assert_eq!(current_tenant(&acme).await, TENANT_ACME, "{round}");
+        assert_eq!(invoice_count(&acme).await, ACME_INVOICES, "{round}");
     }
 
     // Globex waits for the only server while Acme's transaction holds it; when Acme commits,
@@ -618,18 +586,18 @@ async fn transaction_scoped_tenant_never_reaches_the_next_client() {
     acme.batch_execute("BEGIN").await.unwrap();
     assert_eq!(simple(&acme, CURRENT_TENANT).await, [TENANT_ACME]);
     let waiting = tokio::spawn(async move {
-        let setting = extended_tenant(&globex).await;
-        let count = extended_count(&globex).await;
+        let setting = current_tenant(&globex).await;
+        let count = invoice_count(&globex).await;
         let simple_setting = simple(&globex, CURRENT_TENANT).await;
         (setting, count, simple_setting)
     });
-    assert_eq!(extended_count(&acme).await, ACME_INVOICES);
+    assert_eq!(invoice_count(&acme).await, ACME_INVOICES);
     acme.batch_execute("COMMIT").await.unwrap();
     let (setting, count, simple_setting) = guarded("waiting client", waiting).await.unwrap();
     assert_eq!(setting, TENANT_GLOBEX);
     assert_eq!(count, GLOBEX_INVOICES);
     assert_eq!(simple_setting, [TENANT_GLOBEX]);
-    assert_eq!(extended_tenant(&acme).await, TENANT_ACME);
+    assert_eq!(current_tenant(&acme).await, TENANT_ACME);
 }
 
 /// After a failed transaction was rolled back: the next transaction works and has the tenant,
@@ -637,15 +605,15 @@ async fn transaction_scoped_tenant_never_reaches_the_next_client() {
 async fn assert_recovered_from_failed_transaction(proxy: &Proxy, db: &TestDb, client: &Client) {
     client.batch_execute("BEGIN").await.unwrap();
     assert_eq!(simple(client, CURRENT_TENANT).await, [TENANT_ACME]);
-    assert_eq!(extended_tenant(client).await, TENANT_ACME);
-    assert_eq!(extended_count(client).await, ACME_INVOICES);
+    assert_eq!(current_tenant(client).await, TENANT_ACME);
+    assert_eq!(invoice_count(client).await, ACME_INVOICES);
     client.batch_execute("COMMIT").await.unwrap();
     assert_eq!(
         db.psql("SELECT count(*) FROM invoices WHERE status = 'failed-txn'"),
         "0"
     );
     let globex = proxy.connect(&token_for(TENANT_GLOBEX)).await.unwrap();
-    assert_eq!(extended_tenant(&globex).await, TENANT_GLOBEX);
+    assert_eq!(current_tenant(&globex).await, TENANT_GLOBEX);
 }
 
 const INSERT_FAILED_TXN_MARKER: &str = "INSERT INTO invoices (tenant_id, amount, status) \
@@ -725,7 +693,7 @@ async fn open_transaction_with_uncommitted_invoice(client: &Client) {
         )
         .await
         .unwrap();
-    assert_eq!(extended_tenant(client).await, TENANT_ACME);
+    assert_eq!(current_tenant(client).await, TENANT_ACME);
     // batch_execute returns on ReadyForQuery, so the server's state is settled by then.
     client.batch_execute("SELECT 1").await.unwrap();
 }
@@ -749,15 +717,38 @@ async fn assert_pool_recovered(proxy: &Proxy, db: &TestDb, superuser: &Client) {
     .await
     .unwrap();
     assert_eq!(
-        guarded("query after the kill", extended_tenant(&globex)).await,
+        guarded("query after the kill", current_tenant(&globex)).await,
         TENANT_GLOBEX
     );
     assert_eq!(simple(&globex, CURRENT_TENANT).await, [TENANT_GLOBEX]);
     let acme = proxy.connect(&token_for(TENANT_ACME)).await.unwrap();
     assert_eq!(
-        guarded("query after the kill", extended_count(&acme)).await,
+        guarded("query after the kill", invoice_count(&acme)).await,
         ACME_INVOICES
     );
+}
+
+/// A client of `tenant` whose socket [`vanish`] can drop without a Terminate message.
+async fn vanishable_client(proxy: &Proxy, tenant: &str) -> (Client, JoinHandle<()>) {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port()))
+        .await
+        .unwrap();
+    let (client, connection) = proxy
+        .client_config(&token_for(tenant))
+        .connect_raw(stream, NoTls)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    (client, connection)
+}
+
+/// Closes a [`vanishable_client`]'s socket as a crashed client would: no Terminate.
+async fn vanish(client: Client, connection: JoinHandle<()>) {
+    connection.abort();
+    let _ = connection.await;
+    drop(client);
 }
 
 #[tokio::test]
@@ -766,27 +757,14 @@ async fn client_vanishing_mid_transaction_leaves_no_open_transaction() {
     let proxy = single_server(&db);
     let superuser = db.superuser().await;
 
-    // A connection whose socket we can drop without a Terminate message.
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port()))
-        .await
-        .unwrap();
-    let (client, connection) = proxy
-        .client_config(&token_for(TENANT_ACME))
-        .connect_raw(stream, NoTls)
-        .await
-        .unwrap();
-    let connection = tokio::spawn(async move {
-        let _ = connection.await;
-    });
+    let (client, connection) = vanishable_client(&proxy, TENANT_ACME).await;
     open_transaction_with_uncommitted_invoice(&client).await;
     assert_eq!(
         api_backends_in_state(&superuser, &db, "idle in transaction").await,
         1
     );
 
-    connection.abort();
-    let _ = connection.await;
-    drop(client);
+    vanish(client, connection).await;
     assert_pool_recovered(&proxy, &db, &superuser).await;
 }
 
@@ -811,25 +789,13 @@ async fn client_vanishing_in_a_failed_transaction_leaves_no_open_transaction() {
     let db = TestDb::new();
     let proxy = single_server(&db);
     let superuser = db.superuser().await;
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port()))
-        .await
-        .unwrap();
-    let (client, connection) = proxy
-        .client_config(&token_for(TENANT_ACME))
-        .connect_raw(stream, NoTls)
-        .await
-        .unwrap();
-    let connection = tokio::spawn(async move {
-        let _ = connection.await;
-    });
+    let (client, connection) = vanishable_client(&proxy, TENANT_ACME).await;
     open_transaction_with_uncommitted_invoice(&client).await;
     let err = client.batch_execute("SELECT 1/0").await.unwrap_err();
     assert_eq!(sqlstate(&err), Some("22012"));
     // The client has its error before the ReadyForQuery that follows it: poll.
     wait_for_one_backend_in(&superuser, &db, "idle in transaction (aborted)").await;
-    connection.abort();
-    let _ = connection.await;
-    drop(client);
+    vanish(client, connection).await;
     assert_pool_recovered(&proxy, &db, &superuser).await;
 }
 
@@ -884,7 +850,7 @@ async fn set_local_of_an_unrelated_setting_works_inside_the_clients_transaction(
         .unwrap();
     assert_eq!(simple(&client, "SHOW statement_timeout").await, ["1234ms"]);
     assert_eq!(simple(&client, CURRENT_TENANT).await, [TENANT_ACME]);
-    assert_eq!(extended_count(&client).await, ACME_INVOICES);
+    assert_eq!(invoice_count(&client).await, ACME_INVOICES);
     client.batch_execute("COMMIT").await.unwrap();
     assert_eq!(simple(&client, "SHOW statement_timeout").await, before);
 
@@ -898,8 +864,7 @@ async fn set_local_of_an_unrelated_setting_works_inside_the_clients_transaction(
         .unwrap()
         .get(0);
     assert_eq!(shown, "4321ms");
-    let setting: String = tx.query_one(CURRENT_TENANT, &[]).await.unwrap().get(0);
-    assert_eq!(setting, TENANT_ACME);
+    assert_eq!(current_tenant(&tx).await, TENANT_ACME);
     tx.commit().await.unwrap();
     assert_eq!(simple(&client, "SHOW statement_timeout").await, before);
 
@@ -972,7 +937,7 @@ async fn empty_query_is_answered_and_the_session_continues() {
             .await
             .unwrap();
         assert!(simple_column(&reply).is_empty(), "{empty:?}");
-        assert_eq!(extended_tenant(&client).await, TENANT_ACME, "{empty:?}");
+        assert_eq!(current_tenant(&client).await, TENANT_ACME, "{empty:?}");
     }
     let rows = guarded("empty extended query", client.query("", &[]))
         .await

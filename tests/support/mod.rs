@@ -12,13 +12,14 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod proxy;
+pub mod raw;
 pub mod tokens;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use pgtenant::cluster::{Cluster, ClusterError, ClusterOptions, PasswordHash, quote_ident};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, GenericClient, NoTls, SimpleQueryMessage};
 
 pub use proxy::{Proxy, ProxyConfig};
 pub use tokens::*;
@@ -36,6 +37,8 @@ pub const ACME_INVOICES: i64 = 3;
 pub const GLOBEX_INVOICES: i64 = 2;
 /// The setting every RLS policy of the example schema reads.
 pub const TENANT_SETTING: &str = "app.current_tenant_id";
+/// Reads [`TENANT_SETTING`] in the current transaction.
+pub const CURRENT_TENANT: &str = "SELECT current_setting('app.current_tenant_id')";
 
 /// The application role of `config/schema.sql`.
 pub const API_USER: &str = "api_user";
@@ -248,6 +251,40 @@ pub async fn connect(config: &tokio_postgres::Config) -> Result<Client, tokio_po
         let _ = connection.await;
     });
     Ok(client)
+}
+
+/// The tenant the current transaction runs as (extended protocol).
+pub async fn current_tenant(client: &impl GenericClient) -> String {
+    client.query_one(CURRENT_TENANT, &[]).await.unwrap().get(0)
+}
+
+/// How many invoices the client can see (extended protocol).
+pub async fn invoice_count(client: &impl GenericClient) -> i64 {
+    client
+        .query_one("SELECT count(*) FROM invoices", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// The PostgreSQL backend process serving the client's current statement.
+pub async fn backend_pid(client: &impl GenericClient) -> i32 {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// The first column of every row of a simple-protocol reply.
+pub fn simple_column(messages: &[SimpleQueryMessage]) -> Vec<String> {
+    messages
+        .iter()
+        .filter_map(|message| match message {
+            SimpleQueryMessage::Row(row) => Some(row.get(0).unwrap_or_default().to_owned()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The SQLSTATE code of a tokio-postgres error, if the server sent one.

@@ -198,6 +198,9 @@ struct Session {
     unnamed_parse_owned: bool,
     /// The bound server has the client's unnamed statement.
     unnamed_on_server: bool,
+    /// A shared statement is being prepared and described afresh on this server, to check
+    /// that its shape still matches what the client was told; client messages wait.
+    verifying: Option<u64>,
     /// The server's state cannot be vouched for: close it instead of returning it.
     dirty: bool,
     /// The client may have changed session-level settings on the server: `RESET ALL`
@@ -216,6 +219,13 @@ struct Session {
 struct ClientStatement {
     plan: SqlPlan,
     shared: Option<Arc<StmtDef>>,
+    /// The RowDescription/NoData the client was told when it described the statement.
+    /// Drivers cache it; a server preparing the statement afresh (after a schema change)
+    /// must give the same shape, or the client gets 0A000 as PostgreSQL would answer.
+    described: Option<Bytes>,
+    /// A fresh prepare came back with another shape: executing it fails with 0A000
+    /// ("cached plan must not change result type") until the client prepares it again.
+    stale: bool,
 }
 
 enum Event {
@@ -274,6 +284,7 @@ impl Session {
             unnamed_parse: None,
             unnamed_parse_owned: false,
             unnamed_on_server: false,
+            verifying: None,
             dirty: false,
             session_changed: false,
             tracker: ClientTracker::new(Arc::clone(&shared.stats), tenant_stats),
@@ -536,7 +547,7 @@ impl Session {
     /// Handles buffered client messages until one needs something that is not there yet.
     fn process_client(&mut self) -> Result<Progress, SessionError> {
         loop {
-            if !self.pieces.is_empty() || self.resetting {
+            if !self.pieces.is_empty() || self.resetting || self.verifying.is_some() {
                 return Ok(Progress::Idle);
             }
             let frame = match peek_frame(&self.cbuf, self.max_packet) {
@@ -563,8 +574,77 @@ impl Session {
             if matches!(tag, b'Q' | b'F') && self.maybe_ended && !self.expect.only_proxy_setup() {
                 return Ok(Progress::Idle);
             }
+            if self.start_verify(tag, frame.total_len) {
+                return Ok(Progress::Idle);
+            }
             let msg = protocol::take_frame(&mut self.cbuf, frame);
             self.forward_client_message(tag, msg)?;
+        }
+    }
+
+    /// Before a Bind/Describe of a described shared statement that the bound server lacks:
+    /// prepares and describes it there (Close, Parse, Describe, Flush) and holds the client
+    /// until the description arrives (see `finish_verify`). Returns true when it did.
+    fn start_verify(&mut self, tag: u8, len: usize) -> bool {
+        let body = protocol::payload(&self.cbuf[..len]);
+        let name = match (tag, body.split_first()) {
+            (b'B', _) => protocol::read_cstr(body).and_then(|(_, rest)| protocol::read_cstr(rest)),
+            (b'D', Some((b'S', rest))) => protocol::read_cstr(rest),
+            _ => None,
+        };
+        let Some((name, _)) = name.filter(|(n, _)| !n.is_empty()) else {
+            return false;
+        };
+        let Some(def) = self
+            .statements
+            .get(name)
+            .filter(|s| s.described.is_some() && !s.stale)
+            .and_then(|s| s.shared.clone())
+        else {
+            return false;
+        };
+        let Some(server) = self.server.as_mut() else {
+            return false;
+        };
+        if server.conn().touch_prepared(def.id) {
+            return false;
+        }
+        self.make_room_for_statement();
+        if let Some(server) = self.server.as_mut() {
+            server.conn().add_prepared(def.id);
+        }
+        self.send_close_statement(&def.name);
+        self.to_server.extend_from_slice(&def.parse);
+        self.expect
+            .push(Expected::proxy(Reply::Parse).with_stmt(def.id));
+        protocol::put_message(&mut self.to_server, b'D', |b| {
+            b.extend_from_slice(b"S");
+            protocol::put_cstr(b, def.name.as_bytes());
+        });
+        self.expect
+            .push(Expected::proxy(Reply::DescribeStatement).with_stmt(def.id));
+        protocol::put_message(&mut self.to_server, b'H', |_| {});
+        self.unsynced = true;
+        self.verifying = Some(def.id);
+        true
+    }
+
+    /// The fresh description of a statement being verified arrived (or its Parse failed):
+    /// a different shape makes the client's statement stale.
+    fn finish_verify(&mut self, id: u64, fresh: Option<&[u8]>) {
+        if self.verifying != Some(id) {
+            return;
+        }
+        self.verifying = None;
+        let Some(fresh) = fresh else {
+            return;
+        };
+        for st in self.statements.values_mut() {
+            if st.shared.as_ref().is_some_and(|d| d.id == id)
+                && st.described.as_deref().is_some_and(|d| d != fresh)
+            {
+                st.stale = true;
+            }
         }
     }
 
@@ -631,8 +711,15 @@ impl Session {
                     return Ok(());
                 }
                 if name.is_empty() {
-                    self.statements
-                        .insert(Bytes::new(), ClientStatement { plan, shared: None });
+                    self.statements.insert(
+                        Bytes::new(),
+                        ClientStatement {
+                            plan,
+                            shared: None,
+                            described: None,
+                            stale: false,
+                        },
+                    );
                     self.unnamed_parse = Some(msg.clone());
                     self.unnamed_parse_owned = false;
                     self.unnamed_on_server = true;
@@ -654,6 +741,8 @@ impl Session {
                         ClientStatement {
                             plan,
                             shared: Some(Arc::clone(&def)),
+                            described: None,
+                            stale: false,
                         },
                     );
                     if on_server {
@@ -674,10 +763,16 @@ impl Session {
             b'B' => {
                 let (portal, rest) = split_cstr(body)?;
                 let (stmt, tail) = split_cstr(rest)?;
-                let (plan, shared) = match self.statements.get(stmt) {
-                    Some(s) => (s.plan.clone(), s.shared.clone()),
-                    None => (SqlPlan::default(), None),
+                let (plan, shared, stale) = match self.statements.get(stmt) {
+                    Some(s) => (s.plan.clone(), s.shared.clone(), s.stale),
+                    None => (SqlPlan::default(), None, false),
                 };
+                if stale {
+                    // What PostgreSQL answers when a prepared statement's result columns
+                    // changed under it; the client must prepare it again.
+                    self.refuse_with("0A000", "cached plan must not change result type");
+                    return Ok(());
+                }
                 if self.bind_needs_tenant(&plan) {
                     self.inject_tenant(plan.opens_block);
                 }
@@ -722,7 +817,8 @@ impl Session {
                                 b.extend_from_slice(b"S");
                                 protocol::put_cstr(b, def.name.as_bytes());
                             });
-                            self.expect.push(Expected::client(Reply::DescribeStatement));
+                            self.expect
+                                .push(Expected::client(Reply::DescribeStatement).with_stmt(def.id));
                             self.unsynced = true;
                         }
                         None => {
@@ -824,7 +920,7 @@ impl Session {
         // A lone ROLLBACK/COMMIT reads nothing; a failed transaction accepts only those.
         let wants_tenant = plan.statements > 0
             && !plan.no_transaction_block
-            && !(plan.statements == 1 && plan.ends_transaction);
+            && !(plan.statements == 1 && (plan.ends_transaction || plan.opens_block));
         if wants_tenant && self.needs_tenant() && self.status != b'E' {
             self.inject_tenant(plan.opens_block);
         }
@@ -876,7 +972,13 @@ impl Session {
     /// the unnamed statement is parsed as a `DO` block that raises, and executed. The
     /// client's own statement is never created.
     fn refuse_parse(&mut self, message: &str) {
-        let sql = raise_sql("0A000", message);
+        self.refuse_with("0A000", message);
+    }
+
+    /// Makes PostgreSQL raise `sqlstate`/`message` as the reply to the client's current
+    /// extended-protocol message (see `refuse_parse`).
+    fn refuse_with(&mut self, sqlstate: &str, message: &str) {
+        let sql = raise_sql(sqlstate, message);
         protocol::put_message(&mut self.to_server, b'P', |b| {
             protocol::put_cstr(b, b"");
             protocol::put_cstr(b, sql.as_bytes());
@@ -956,7 +1058,11 @@ impl Session {
     /// only ends the transaction (ROLLBACK/COMMIT, also accepted in a failed transaction),
     /// or the transaction is known to have failed (the Bind fails with 25P02 by itself).
     fn bind_needs_tenant(&self, plan: &SqlPlan) -> bool {
-        if plan.no_transaction_block || (plan.statements == 1 && plan.ends_transaction) {
+        // A lone BEGIN/SET TRANSACTION reads nothing: the tenant is set (with a bound
+        // parameter) before the next statement of the block instead.
+        if plan.no_transaction_block
+            || (plan.statements == 1 && (plan.ends_transaction || plan.opens_block))
+        {
             return false;
         }
         if self.status == b'E' && !self.maybe_ended {
@@ -1162,6 +1268,24 @@ impl Session {
         }
         if tag == b'D' && self.captured.is_some() {
             self.capture_row(msg);
+        }
+        if let Some(done) = step.completed.filter(|e| e.stmt != 0) {
+            match (done.reply, done.owner, tag) {
+                (Reply::DescribeStatement, Owner::Client, b'T' | b'n') => {
+                    let desc = Bytes::copy_from_slice(msg);
+                    for st in self.statements.values_mut() {
+                        if st.shared.as_ref().is_some_and(|d| d.id == done.stmt) {
+                            st.described = Some(desc.clone());
+                            st.stale = false;
+                        }
+                    }
+                }
+                (Reply::DescribeStatement, Owner::Proxy, b'T' | b'n') => {
+                    self.finish_verify(done.stmt, Some(msg));
+                }
+                (_, _, b'E') => self.finish_verify(done.stmt, None),
+                _ => {}
+            }
         }
         match tag {
             b'S' => self.on_parameter_status(msg, verdict == Verdict::Forward),

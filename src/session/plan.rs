@@ -20,8 +20,9 @@ pub struct SqlPlan {
     /// Some statement may deallocate prepared statements (DEALLOCATE, DISCARD).
     pub drops_prepared: bool,
     /// The first statement opens a transaction block or sets its characteristics (`BEGIN
-    /// ISOLATION LEVEL …`, `SET TRANSACTION …`): nothing before it may take a snapshot, so
-    /// the tenant is set with a snapshot-free `SET LOCAL`.
+    /// ISOLATION LEVEL …`, `SET TRANSACTION …`): nothing before it may take a snapshot. Alone,
+    /// it gets no tenant (the next statement does); followed by more statements in the same
+    /// query, the tenant is set before it with a snapshot-free `SET LOCAL`.
     pub opens_block: bool,
     /// Some statement may change session-level settings (`SET`, `RESET`, `DISCARD`,
     /// `set_config`): the server must be reset before another client uses it.

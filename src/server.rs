@@ -97,6 +97,9 @@ pub struct ServerConn {
     /// `max_prepared_statements`.
     pub prepared: HashMap<u64, u64>,
     use_counter: u64,
+    /// The RowDescription/NoData this server last gave for a shared statement: the shape
+    /// its plan has now (schema changes can alter it).
+    pub described: HashMap<u64, bytes::Bytes>,
 }
 
 impl std::fmt::Debug for ServerConn {
@@ -134,6 +137,7 @@ impl ServerConn {
             tracked: Default::default(),
             prepared: HashMap::new(),
             use_counter: 0,
+            described: HashMap::new(),
         };
         match tokio::time::timeout(timeout, conn.login(db)).await {
             Err(_) => Err(ServerError::ConnectTimeout { addr }),
@@ -373,6 +377,18 @@ impl ServerConn {
     pub fn add_prepared(&mut self, id: u64) {
         self.use_counter += 1;
         self.prepared.insert(id, self.use_counter);
+    }
+
+    /// Forgets a shared statement (closed, failed, or its plan may be stale).
+    pub fn forget_prepared(&mut self, id: u64) {
+        self.prepared.remove(&id);
+        self.described.remove(&id);
+    }
+
+    /// Forgets every shared statement (after something may have deallocated them).
+    pub fn forget_all_prepared(&mut self) {
+        self.prepared.clear();
+        self.described.clear();
     }
 
     /// The least recently used statement to close so that one more fits under `max`.

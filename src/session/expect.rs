@@ -66,6 +66,10 @@ pub struct Expected {
     pub stmt: u64,
     /// For pgtenant's own Query: its rows are the client's session settings to keep.
     pub capture: bool,
+    /// The error this entry draws stands for PostgreSQL's "cached plan must not change
+    /// result type", and is reported exactly as PostgreSQL words it (drivers recognise it by
+    /// its routine field and re-prepare).
+    pub stale_plan: bool,
 }
 
 impl Expected {
@@ -77,6 +81,7 @@ impl Expected {
             failed: false,
             stmt: 0,
             capture: false,
+            stale_plan: false,
         }
     }
 
@@ -153,6 +158,10 @@ impl ExpectQueue {
 
     pub fn len(&self) -> usize {
         self.q.len()
+    }
+
+    pub fn last_mut(&mut self) -> Option<&mut Expected> {
+        self.q.back_mut()
     }
 
     pub fn front(&self) -> Option<&Expected> {

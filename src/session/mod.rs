@@ -735,9 +735,9 @@ impl Session {
                     self.unsynced = true;
                 } else {
                     let def = self.pool.statements.register(rest);
-                    let on_server = self.server_conn()?.touch_prepared(def.id);
                     self.statements.insert(
-                        msg.slice_ref(name),
+                        // Copied: a slice would keep the whole read buffer alive.
+                        Bytes::copy_from_slice(name),
                         ClientStatement {
                             plan,
                             shared: Some(Arc::clone(&def)),
@@ -745,32 +745,49 @@ impl Session {
                             stale: false,
                         },
                     );
-                    if on_server {
-                        self.expect.push(Expected::synthetic(b'1'));
-                        self.unsynced = true;
-                    } else {
+                    // Always parsed afresh, as PostgreSQL would for this client: a shared
+                    // statement already on the server may carry a plan from before a schema
+                    // change. Closed first (it may exist), described for the record.
+                    if !self.server_conn()?.touch_prepared(def.id) {
                         self.make_room_for_statement();
-                        self.send_close_statement(&def.name);
                         self.server_conn()?.add_prepared(def.id);
-                        self.to_server.extend_from_slice(&def.parse);
-                        self.expect
-                            .push(Expected::client(Reply::Parse).with_stmt(def.id));
-                        self.unsynced = true;
                     }
-                    self.answer_synthetic();
+                    self.send_close_statement(&def.name);
+                    self.to_server.extend_from_slice(&def.parse);
+                    self.expect
+                        .push(Expected::client(Reply::Parse).with_stmt(def.id));
+                    self.send_describe_statement(&def);
+                    self.unsynced = true;
                 }
             }
             b'B' => {
                 let (portal, rest) = split_cstr(body)?;
                 let (stmt, tail) = split_cstr(rest)?;
-                let (plan, shared, stale) = match self.statements.get(stmt) {
+                let (plan, shared, mut stale) = match self.statements.get(stmt) {
                     Some(s) => (s.plan.clone(), s.shared.clone(), s.stale),
                     None => (SqlPlan::default(), None, false),
                 };
+                if let (Some(def), Some(told)) = (
+                    shared.as_ref(),
+                    self.statements.get(stmt).and_then(|s| s.described.as_ref()),
+                ) {
+                    // Another client re-prepared the shared statement after a schema change:
+                    // its shape on this server is no longer what this client was told.
+                    if let Some(now) = self
+                        .server
+                        .as_mut()
+                        .and_then(|s| s.conn().described.get(&def.id).cloned())
+                    {
+                        stale |= now != *told;
+                    }
+                }
                 if stale {
                     // What PostgreSQL answers when a prepared statement's result columns
                     // changed under it; the client must prepare it again.
                     self.refuse_with("0A000", "cached plan must not change result type");
+                    if let Some(last) = self.expect.last_mut() {
+                        last.stale_plan = true;
+                    }
                     return Ok(());
                 }
                 if self.bind_needs_tenant(&plan) {
@@ -1087,7 +1104,7 @@ impl Session {
         if let Some(server) = self.server.as_mut() {
             let conn = server.conn();
             conn.needs_reprepare = true;
-            conn.prepared.clear();
+            conn.forget_all_prepared();
         }
     }
 
@@ -1115,6 +1132,17 @@ impl Session {
         self.to_server.extend_from_slice(&def.parse);
         self.expect
             .push(Expected::proxy(Reply::Parse).with_stmt(def.id));
+        self.send_describe_statement(def);
+    }
+
+    /// Asks the server for a shared statement's shape (swallowed; recorded per server).
+    fn send_describe_statement(&mut self, def: &StmtDef) {
+        protocol::put_message(&mut self.to_server, b'D', |b| {
+            b.extend_from_slice(b"S");
+            protocol::put_cstr(b, def.name.as_bytes());
+        });
+        self.expect
+            .push(Expected::proxy(Reply::DescribeStatement).with_stmt(def.id));
     }
 
     /// Closes the bound server's least recently used shared statement when it holds
@@ -1126,7 +1154,7 @@ impl Session {
         };
         let conn = server.conn();
         while let Some(victim) = conn.prepared_victim(max) {
-            conn.prepared.remove(&victim);
+            conn.forget_prepared(victim);
             protocol::put_message(&mut self.to_server, b'C', |b| {
                 b.extend_from_slice(b"S");
                 protocol::put_cstr(b, crate::pool::statements::server_name(victim).as_bytes());
@@ -1251,7 +1279,7 @@ impl Session {
             // and after a failed Bind (e.g. "cached plan must not change result type" once
             // the schema changed) a fresh Close + Parse gives it a new plan next time.
             if let Some(server) = self.server.as_mut() {
-                server.conn().prepared.remove(&failed.stmt);
+                server.conn().forget_prepared(failed.stmt);
             }
             match (failed.reply, failed.owner) {
                 (Reply::Parse, Owner::Client) => {
@@ -1269,10 +1297,33 @@ impl Session {
         if tag == b'D' && self.captured.is_some() {
             self.capture_row(msg);
         }
+        if tag == b'E' && step.completed.is_some_and(|e| e.stale_plan) {
+            // Word it as PostgreSQL's plan cache does, routine included: drivers such as
+            // asyncpg recognise it by that and prepare the statement again.
+            let fields = [
+                (b'S', "ERROR"),
+                (b'V', "ERROR"),
+                (b'C', "0A000"),
+                (b'M', "cached plan must not change result type"),
+                (b'F', "plancache.c"),
+                (b'R', "RevalidateCachedQuery"),
+            ];
+            protocol::put_message(&mut self.to_client, b'E', |b| {
+                for (code, value) in fields {
+                    b.extend_from_slice(&[code]);
+                    protocol::put_cstr(b, value.as_bytes());
+                }
+                b.extend_from_slice(&[0]);
+            });
+            verdict = Verdict::Swallow;
+        }
         if let Some(done) = step.completed.filter(|e| e.stmt != 0) {
             match (done.reply, done.owner, tag) {
                 (Reply::DescribeStatement, Owner::Client, b'T' | b'n') => {
                     let desc = Bytes::copy_from_slice(msg);
+                    if let Some(server) = self.server.as_mut() {
+                        server.conn().described.insert(done.stmt, desc.clone());
+                    }
                     for st in self.statements.values_mut() {
                         if st.shared.as_ref().is_some_and(|d| d.id == done.stmt) {
                             st.described = Some(desc.clone());
@@ -1281,6 +1332,12 @@ impl Session {
                     }
                 }
                 (Reply::DescribeStatement, Owner::Proxy, b'T' | b'n') => {
+                    if let Some(server) = self.server.as_mut() {
+                        server
+                            .conn()
+                            .described
+                            .insert(done.stmt, Bytes::copy_from_slice(msg));
+                    }
                     self.finish_verify(done.stmt, Some(msg));
                 }
                 (_, _, b'E') => self.finish_verify(done.stmt, None),

@@ -17,6 +17,7 @@
 //!   connection shares.
 //! - [`cluster`] and [`demo`]: a throwaway local PostgreSQL for `pgtenant demo` and tests.
 
+pub mod audit;
 pub mod auth;
 pub mod cancel;
 pub mod cluster;

@@ -57,6 +57,29 @@ enum Command {
         #[arg(long, default_value_t = 6432)]
         port: u16,
     },
+    /// Audit an upstream database's schema for ways one tenant can reach another's data.
+    /// Exit status: 0 clean (warnings allowed unless --strict), 1 findings, 2 could not audit.
+    Audit {
+        /// Configuration whose database entry, pool credentials and tenant_setting to use.
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+        /// The [databases.NAME] entry to audit (needed when the configuration has several).
+        #[arg(long)]
+        database: Option<String>,
+        /// Connect with this DSN (e.g. an administrator's) instead of the pool credentials;
+        /// the pool role audited is still the entry's `user`.
+        #[arg(long)]
+        dsn: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The column that holds the tenant in tenant tables.
+        #[arg(long, default_value = "tenant_id")]
+        tenant_column: String,
+        /// Fail on warnings too.
+        #[arg(long)]
+        strict: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -91,9 +114,29 @@ fn main() -> ExitCode {
             _,
         ) => token(&config, &tenant, ttl, sub),
         (Some(Command::Demo { port }), _) => demo(port),
+        (
+            Some(Command::Audit {
+                config,
+                database,
+                dsn,
+                json,
+                tenant_column,
+                strict,
+            }),
+            _,
+        ) => audit(
+            &config,
+            json,
+            pgtenant::audit::AuditOptions {
+                database,
+                dsn,
+                tenant_column,
+                strict,
+            },
+        ),
         (None, None) => {
             eprintln!(
-                "usage: pgtenant --config FILE | pgtenant check-config FILE | pgtenant token | pgtenant demo (see --help)"
+                "usage: pgtenant --config FILE | pgtenant check-config FILE | pgtenant token | pgtenant demo | pgtenant audit (see --help)"
             );
             ExitCode::from(2)
         }
@@ -231,5 +274,52 @@ fn demo(port: u16) -> ExitCode {
             eprintln!("demo failed: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn audit(
+    config_path: &std::path::Path,
+    json: bool,
+    options: pgtenant::audit::AuditOptions,
+) -> ExitCode {
+    const COULD_NOT_AUDIT: u8 = 2;
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: {e}", config_path.display());
+            return ExitCode::from(COULD_NOT_AUDIT);
+        }
+    };
+    let rt = match runtime(1) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("could not start the runtime: {e}");
+            return ExitCode::from(COULD_NOT_AUDIT);
+        }
+    };
+    let report = match rt.block_on(pgtenant::audit::run(&config, &options)) {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("audit failed: {e}");
+            return ExitCode::from(COULD_NOT_AUDIT);
+        }
+    };
+    let text = if json {
+        match pgtenant::audit::report::to_json(&report) {
+            Ok(text) => text + "\n",
+            Err(e) => {
+                eprintln!("could not render the report: {e}");
+                return ExitCode::from(COULD_NOT_AUDIT);
+            }
+        }
+    } else {
+        pgtenant::audit::report::to_text(&report)
+    };
+    // A reader that went away (`| head`) is not a reason to panic; the status still tells.
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
+    if report.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }

@@ -168,9 +168,6 @@ struct Session {
     pieces_text: Bytes,
     /// Bind + Execute of the injection statement with this client's tenant, built once.
     inject: Bytes,
-    /// The snapshot-free variant (`SET LOCAL` with the tenant as a literal), for
-    /// transactions that begin with BEGIN/SET TRANSACTION.
-    inject_literal: Bytes,
     /// Parameters the client chose.
     params: ParamSet,
     /// Parameters from its startup packet (what `DISCARD ALL` returns to).
@@ -250,7 +247,6 @@ impl Session {
         let setting = shared.config.general.tenant_setting.as_bytes();
         let tenant_stats = shared.stats.tenant(l.tenant.as_str());
         let inject = build_injection(setting, l.tenant.as_str().as_bytes());
-        let inject_literal = build_literal_injection(setting, l.tenant.as_str().as_bytes());
         Session {
             id,
             client,
@@ -271,7 +267,6 @@ impl Session {
             pieces: VecDeque::new(),
             pieces_text: Bytes::new(),
             inject,
-            inject_literal,
             startup_params: l.params.clone(),
             params: l.params,
             extra: Vec::new(),
@@ -791,7 +786,7 @@ impl Session {
                     return Ok(());
                 }
                 if self.bind_needs_tenant(&plan) {
-                    self.inject_tenant(plan.opens_block);
+                    self.inject_tenant();
                 }
                 if plan.drops_prepared {
                     self.mark_reprepare();
@@ -885,7 +880,7 @@ impl Session {
             b'H' => self.push_client(msg, None),
             b'F' => {
                 if self.needs_tenant() && self.status != b'E' {
-                    self.inject_tenant(false);
+                    self.inject_tenant();
                 }
                 self.push_client(msg, Some(Reply::FunctionCall));
                 self.unsynced = false;
@@ -937,9 +932,11 @@ impl Session {
         // A lone ROLLBACK/COMMIT reads nothing; a failed transaction accepts only those.
         let wants_tenant = plan.statements > 0
             && !plan.no_transaction_block
-            && !(plan.statements == 1 && (plan.ends_transaction || plan.opens_block));
+            && !plan.begin_split
+            && !plan.opens_block
+            && !(plan.statements == 1 && plan.ends_transaction);
         if wants_tenant && self.needs_tenant() && self.status != b'E' {
-            self.inject_tenant(plan.opens_block);
+            self.inject_tenant();
         }
         if plan.drops_prepared {
             self.mark_reprepare();
@@ -974,10 +971,7 @@ impl Session {
         };
         let piece = self.pieces_text.slice(range);
         if inject {
-            let opens_block = std::str::from_utf8(&piece)
-                .map(|t| SqlPlan::of_statement(t).opens_block)
-                .unwrap_or(false);
-            self.inject_tenant(opens_block);
+            self.inject_tenant();
         }
         protocol::put_message(&mut self.to_server, b'Q', |b| protocol::put_cstr(b, &piece));
         self.expect.push(Expected::piece(self.pieces.is_empty()));
@@ -1078,7 +1072,8 @@ impl Session {
         // A lone BEGIN/SET TRANSACTION reads nothing: the tenant is set (with a bound
         // parameter) before the next statement of the block instead.
         if plan.no_transaction_block
-            || (plan.statements == 1 && (plan.ends_transaction || plan.opens_block))
+            || plan.opens_block
+            || (plan.statements == 1 && plan.ends_transaction)
         {
             return false;
         }
@@ -1178,9 +1173,8 @@ impl Session {
         }
     }
 
-    /// Appends the tenant injection ahead of the next client message. `snapshot_free` picks
-    /// `SET LOCAL` (no snapshot, tenant as a literal) over the bound `set_config`.
-    fn inject_tenant(&mut self, snapshot_free: bool) {
+    /// Appends the tenant injection ahead of the next client message.
+    fn inject_tenant(&mut self) {
         if let Some(server) = self.server.as_mut() {
             let conn = server.conn();
             if conn.needs_reprepare {
@@ -1202,13 +1196,7 @@ impl Session {
                 self.expect.push(Expected::proxy(Reply::Parse));
             }
         }
-        if snapshot_free {
-            self.to_server.extend_from_slice(&self.inject_literal);
-            self.expect.push(Expected::proxy(Reply::Close));
-            self.expect.push(Expected::proxy(Reply::Parse));
-        } else {
-            self.to_server.extend_from_slice(&self.inject);
-        }
+        self.to_server.extend_from_slice(&self.inject);
         self.expect.push(Expected::proxy(Reply::Bind));
         self.expect.push(Expected::proxy(Reply::Execute));
         self.tenant_in_txn = true;
@@ -1605,41 +1593,6 @@ fn session_feature_message(feature: &str) -> String {
          pgtenant lends servers per transaction; use a transaction-scoped alternative or \
          connect to PostgreSQL directly"
     )
-}
-
-/// Close + Parse + Bind + Execute of `SET LOCAL <setting> = '<tenant>'`: used before a
-/// transaction that begins with BEGIN or SET TRANSACTION, because `SELECT set_config(…)`
-/// would take a snapshot and PostgreSQL then refuses to change the isolation level. Utility
-/// statements take none. The tenant id was validated (no quotes, no backslashes) and the
-/// setting name is a checked identifier, so the literal cannot be broken out of.
-fn build_literal_injection(setting: &[u8], tenant: &[u8]) -> Bytes {
-    const NAME: &[u8] = b"__pgtenant_set_tenant_local";
-    let mut b = BytesMut::new();
-    protocol::put_message(&mut b, b'C', |b| {
-        b.extend_from_slice(b"S");
-        protocol::put_cstr(b, NAME);
-    });
-    protocol::put_message(&mut b, b'P', |b| {
-        protocol::put_cstr(b, NAME);
-        b.extend_from_slice(b"SET LOCAL ");
-        b.extend_from_slice(setting);
-        b.extend_from_slice(b" = '");
-        b.extend_from_slice(tenant);
-        protocol::put_cstr(b, b"'");
-        b.extend_from_slice(&0i16.to_be_bytes());
-    });
-    protocol::put_message(&mut b, b'B', |b| {
-        protocol::put_cstr(b, b"");
-        protocol::put_cstr(b, NAME);
-        b.extend_from_slice(&0i16.to_be_bytes());
-        b.extend_from_slice(&0i16.to_be_bytes());
-        b.extend_from_slice(&0i16.to_be_bytes());
-    });
-    protocol::put_message(&mut b, b'E', |b| {
-        protocol::put_cstr(b, b"");
-        b.extend_from_slice(&0i32.to_be_bytes());
-    });
-    b.freeze()
 }
 
 fn split_cstr(data: &[u8]) -> Result<(&[u8], &[u8]), SessionError> {

@@ -19,11 +19,13 @@ pub struct SqlPlan {
     pub ends_transaction: bool,
     /// Some statement may deallocate prepared statements (DEALLOCATE, DISCARD).
     pub drops_prepared: bool,
-    /// The first statement opens a transaction block or sets its characteristics (`BEGIN
-    /// ISOLATION LEVEL …`, `SET TRANSACTION …`): nothing before it may take a snapshot. Alone,
-    /// it gets no tenant (the next statement does); followed by more statements in the same
-    /// query, the tenant is set before it with a snapshot-free `SET LOCAL`.
+    /// The query only opens a transaction block or sets its characteristics (`BEGIN
+    /// ISOLATION LEVEL …`, `SET TRANSACTION …`): nothing before it may take a snapshot, so
+    /// it gets no tenant; the next statement does.
     pub opens_block: bool,
+    /// The first split point follows such leading statements: the first part runs without
+    /// the tenant, the rest with it.
+    pub begin_split: bool,
     /// Some statement may change session-level settings (`SET`, `RESET`, `DISCARD`,
     /// `set_config`): the server must be reset before another client uses it.
     pub changes_session: bool,
@@ -52,17 +54,45 @@ impl SqlPlan {
         }
         let mut plan = SqlPlan {
             statements: shape.statements,
-            opens_block: opens_block(shape.first, text),
             ..SqlPlan::default()
         };
         plan.note_effects(text);
+        // Leading BEGIN / SET TRANSACTION statements must run before anything takes a
+        // snapshot, so the tenant cannot be set ahead of them: the query is split after
+        // them and the rest gets the tenant.
+        let mut leading_block_end = None;
+        let mut leading = true;
+        let mut more_after_leading = false;
+        let mut characteristics = false;
         for stmt in sql::statements(text) {
+            if stmt.kind == StatementKind::Empty {
+                continue;
+            }
             plan.note(&stmt.kind);
+            if leading && opens_block(stmt.kind, stmt.text) {
+                leading_block_end = Some(stmt.end);
+                characteristics |=
+                    stmt.kind != StatementKind::Begin || sql::begin_has_characteristics(stmt.text);
+            } else {
+                more_after_leading |= leading_block_end.is_some();
+                leading = false;
+            }
         }
         if shape.splits > 0 {
             plan.splits = sql::segments(text).map(|seg| seg.end).collect();
             // The last segment runs to the end of the text: not a split point.
             plan.splits.pop();
+        }
+        if leading_block_end.is_some() && !more_after_leading {
+            // Only BEGIN / SET TRANSACTION: nothing to set the tenant for yet.
+            plan.opens_block = true;
+        }
+        // A plain BEGIN is indifferent to a snapshot taken before it: no split needed.
+        if let Some(end) = leading_block_end.filter(|_| more_after_leading && characteristics) {
+            if plan.splits.first() != Some(&end) {
+                plan.splits.insert(0, end);
+            }
+            plan.begin_split = true;
         }
         plan
     }
@@ -131,6 +161,24 @@ mod tests {
         let p = SqlPlan::of_query("BEGIN; SELECT 1; COMMIT;");
         assert!(p.splits.is_empty());
         assert!(p.ends_transaction);
+    }
+
+    #[test]
+    fn begin_followed_by_statements_still_gets_the_tenant() {
+        let p = SqlPlan::of_query("BEGIN; SELECT * FROM invoices; COMMIT");
+        assert!(!p.opens_block && !p.begin_split);
+        let only = SqlPlan::of_query("BEGIN; SET TRANSACTION ISOLATION LEVEL REPEATABLE READ");
+        assert!(only.opens_block);
+    }
+
+    #[test]
+    fn leading_begin_is_split_off_so_the_tenant_follows_it() {
+        let q = "BEGIN ISOLATION LEVEL SERIALIZABLE; SET TRANSACTION READ ONLY; SELECT 1; COMMIT";
+        let p = SqlPlan::of_query(q);
+        assert!(p.begin_split);
+        assert_eq!(q[p.splits[0]..].trim(), "SELECT 1; COMMIT");
+        let alone = SqlPlan::of_query("BEGIN; ");
+        assert!(alone.opens_block && !alone.begin_split && alone.splits.is_empty());
     }
 
     #[test]

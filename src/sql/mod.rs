@@ -27,8 +27,8 @@ mod tests;
 use classify::StatementScanner;
 use lexer::{Lexer, TokenKind};
 pub use session_state::{
-    SessionCommand, SessionEffects, changes_session_state, session_command, session_effects,
-    sets_transaction_characteristics,
+    SessionCommand, SessionEffects, begin_has_characteristics, changes_session_state,
+    session_command, session_effects, sets_transaction_characteristics,
 };
 
 /// What a statement means for transaction boundaries, read from its leading keywords.

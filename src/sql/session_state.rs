@@ -366,3 +366,43 @@ mod session_command_tests {
         assert_eq!(session_command("SELECT 1"), None);
     }
 }
+
+/// True when a `BEGIN`/`START TRANSACTION` statement sets transaction characteristics
+/// (`ISOLATION LEVEL`, `READ ONLY`, `DEFERRABLE`, …): they must come before any snapshot.
+pub fn begin_has_characteristics(sql: &str) -> bool {
+    let b = sql.as_bytes();
+    let mut lexer = Lexer::new(b);
+    let mut words = std::iter::from_fn(|| lexer.next_token())
+        .take_while(|t| t.kind != TokenKind::Semicolon)
+        .map(|t| &b[t.start..t.end]);
+    let Some(first) = words.next() else {
+        return false;
+    };
+    let mut rest = words.peekable();
+    if eq(first, b"start") {
+        rest.next(); // TRANSACTION
+    } else if rest
+        .peek()
+        .is_some_and(|w| eq(w, b"work") || eq(w, b"transaction"))
+    {
+        rest.next();
+    }
+    rest.next().is_some()
+}
+
+#[cfg(test)]
+mod begin_tests {
+    use super::*;
+
+    #[test]
+    fn begin_characteristics_are_recognised() {
+        assert!(!begin_has_characteristics("BEGIN"));
+        assert!(!begin_has_characteristics("begin work"));
+        assert!(!begin_has_characteristics("START TRANSACTION"));
+        assert!(begin_has_characteristics(
+            "BEGIN ISOLATION LEVEL SERIALIZABLE"
+        ));
+        assert!(begin_has_characteristics("start transaction read only"));
+        assert!(begin_has_characteristics("BEGIN TRANSACTION DEFERRABLE"));
+    }
+}

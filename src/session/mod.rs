@@ -930,11 +930,12 @@ impl Session {
             return Ok(());
         }
         // A lone ROLLBACK/COMMIT reads nothing; a failed transaction accepts only those.
+        let lone_end = plan.statements == 1 && plan.ends_transaction;
         let wants_tenant = plan.statements > 0
             && !plan.no_transaction_block
             && !plan.begin_split
             && !plan.opens_block
-            && !(plan.statements == 1 && plan.ends_transaction);
+            && !lone_end;
         if wants_tenant && self.needs_tenant() && self.status != b'E' {
             self.inject_tenant();
         }

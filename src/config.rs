@@ -121,6 +121,9 @@ pub struct DatabaseConfig {
     pub pool_size: Option<usize>,
     /// Serve even if the role is a superuser or has BYPASSRLS (which would defeat RLS).
     pub allow_privileged_role: bool,
+    /// Seal the tenant in every transaction with an HMAC under a per-connection secret
+    /// (needs config/sql/seal.sql installed in the database).
+    pub tenant_seal: bool,
 }
 
 /// A secret string whose `Debug` and `Display` print `<redacted>`.
@@ -693,6 +696,7 @@ const DATABASE_KEYS: &[&str] = &[
     "password_file",
     "pool_size",
     "allow_privileged_role",
+    "tenant_seal",
 ];
 
 fn parse_general(mut t: Table) -> Result<General, ConfigError> {
@@ -1005,6 +1009,7 @@ fn parse_database(
         .integer("pool_size", 1, 10_000)?
         .map(|n| usize::try_from(n).unwrap_or(1));
     let allow_privileged_role = t.bool("allow_privileged_role", false)?;
+    let tenant_seal = t.bool("tenant_seal", false)?;
     t.done();
     Ok(DatabaseConfig {
         host,
@@ -1014,6 +1019,7 @@ fn parse_database(
         password,
         pool_size,
         allow_privileged_role,
+        tenant_seal,
     })
 }
 

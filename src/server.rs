@@ -25,6 +25,12 @@ use crate::config::DatabaseConfig;
 pub const INJECT_STATEMENT: &str = "__pgtenant_set_tenant";
 pub const INJECT_SQL: &str = "SELECT pg_catalog.set_config($1, $2, true)";
 
+/// With `tenant_seal`: sets the tenant and its seal (an HMAC under this connection's secret,
+/// see config/sql/seal.sql) in one statement.
+pub const INJECT_SEALED_STATEMENT: &str = "__pgtenant_set_sealed_tenant";
+pub const INJECT_SEALED_SQL: &str =
+    "SELECT pg_catalog.set_config($1, $2, true), pg_catalog.set_config($3, $4, true)";
+
 static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Why a server connection could not be made or used.
@@ -92,6 +98,8 @@ pub struct ServerConn {
     /// Client-chosen parameters pgtenant has applied to this session (see
     /// [`crate::session::params`]).
     pub tracked: crate::session::params::ParamSet,
+    /// With `tenant_seal`: the secret registered for this backend.
+    pub seal_secret: Option<[u8; 32]>,
     /// Shared statements ([`crate::pool::statements`]) prepared on this server: id → when
     /// last used (a counter), for closing the least recently used beyond
     /// `max_prepared_statements`.
@@ -135,6 +143,7 @@ impl ServerConn {
             needs_reprepare: false,
             rbuf: BytesMut::with_capacity(8192),
             tracked: Default::default(),
+            seal_secret: None,
             prepared: HashMap::new(),
             use_counter: 0,
             described: HashMap::new(),
@@ -251,6 +260,41 @@ impl ServerConn {
         frontend::sync(&mut out);
         self.flush(&mut out).await?;
         self.expect_until_ready("prepare").await.map(|_| ())
+    }
+
+    /// Registers a fresh random secret for this backend with `pgtenant_seal.register` (as a
+    /// bound parameter, so it appears in no query text or log) and prepares the sealed
+    /// injection statement.
+    pub async fn register_seal(&mut self) -> Result<(), ServerError> {
+        use rand::TryRngCore;
+        let mut secret = [0u8; 32];
+        if rand::rngs::OsRng.try_fill_bytes(&mut secret).is_err() {
+            rand::fill(&mut secret);
+        }
+        let mut out = BytesMut::new();
+        frontend::parse("", "SELECT pgtenant_seal.register($1)", [17u32], &mut out)?;
+        crate::protocol::put_message(&mut out, b'B', |b| {
+            crate::protocol::put_cstr(b, b"");
+            crate::protocol::put_cstr(b, b"");
+            b.extend_from_slice(&1i16.to_be_bytes());
+            b.extend_from_slice(&1i16.to_be_bytes()); // binary
+            b.extend_from_slice(&1i16.to_be_bytes());
+            b.extend_from_slice(&(secret.len() as i32).to_be_bytes());
+            b.extend_from_slice(&secret);
+            b.extend_from_slice(&0i16.to_be_bytes());
+        });
+        frontend::execute("", 0, &mut out)?;
+        frontend::parse(
+            INJECT_SEALED_STATEMENT,
+            INJECT_SEALED_SQL,
+            [25u32, 25, 25, 25],
+            &mut out,
+        )?;
+        frontend::sync(&mut out);
+        self.flush(&mut out).await?;
+        self.expect_until_ready("seal registration").await?;
+        self.seal_secret = Some(secret);
+        Ok(())
     }
 
     /// Runs a simple query and returns the text of the first column of every row.

@@ -47,6 +47,11 @@ pub enum PoolError {
     PrivilegedRole { db: String, what: &'static str },
     #[error("pool for database \"{0}\" is shutting down")]
     Closed(String),
+    #[error(
+        "tenant_seal is on for database \"{db}\" but registering the seal failed ({source}); \
+         install config/sql/seal.sql in that database"
+    )]
+    Seal { db: String, source: ServerError },
 }
 
 impl PoolError {
@@ -56,6 +61,7 @@ impl PoolError {
             PoolError::Connect { source, .. } => source.client_sqlstate(),
             PoolError::PrivilegedRole { .. } => "28000",
             PoolError::Closed(_) => "57P01",
+            PoolError::Seal { .. } => "08006",
         }
     }
 }
@@ -140,6 +146,11 @@ impl Pool {
     /// `host:port` of the upstream server (for forwarding cancel requests).
     pub fn upstream_addr(&self) -> Arc<str> {
         Arc::clone(&self.upstream)
+    }
+
+    /// Whether transactions carry a sealed tenant (see config/sql/seal.sql).
+    pub fn sealed(&self) -> bool {
+        self.db.tenant_seal
     }
 
     pub fn settings(&self) -> &PoolSettings {
@@ -342,6 +353,16 @@ impl Pool {
                 return Err(PoolError::PrivilegedRole {
                     db: self.name.clone(),
                     what,
+                });
+            }
+        }
+        if self.db.tenant_seal {
+            if let Err(source) = conn.register_seal().await {
+                tracing::error!(db = %self.name, error = %source, "tenant seal registration failed");
+                conn.terminate().await;
+                return Err(PoolError::Seal {
+                    db: self.name.clone(),
+                    source,
                 });
             }
         }

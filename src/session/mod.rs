@@ -31,7 +31,7 @@ use crate::pool::statements::StmtDef;
 use crate::pool::{Checkout, Pool};
 use crate::protocol::messages::{self, Severity};
 use crate::protocol::{self, FrameError, peek_frame};
-use crate::server::{INJECT_SQL, INJECT_STATEMENT};
+use crate::server::{INJECT_SEALED_SQL, INJECT_SEALED_STATEMENT, INJECT_SQL, INJECT_STATEMENT};
 use crate::sql::{self, SessionCommand};
 use crate::state::Shared;
 use crate::stats::{ClientState, ClientTracker};
@@ -168,6 +168,8 @@ struct Session {
     pieces_text: Bytes,
     /// Bind + Execute of the injection statement with this client's tenant, built once.
     inject: Bytes,
+    /// With `tenant_seal`: the sealed injection for the server with this id.
+    sealed_inject: Option<(u64, Bytes)>,
     /// Parameters the client chose.
     params: ParamSet,
     /// Parameters from its startup packet (what `DISCARD ALL` returns to).
@@ -267,6 +269,7 @@ impl Session {
             pieces: VecDeque::new(),
             pieces_text: Bytes::new(),
             inject,
+            sealed_inject: None,
             startup_params: l.params.clone(),
             params: l.params,
             extra: Vec::new(),
@@ -1176,28 +1179,57 @@ impl Session {
 
     /// Appends the tenant injection ahead of the next client message.
     fn inject_tenant(&mut self) {
+        let sealed = self.pool.sealed();
+        let mut sealed_inject = None;
         if let Some(server) = self.server.as_mut() {
             let conn = server.conn();
             if conn.needs_reprepare {
                 conn.needs_reprepare = false;
-                let mut b = BytesMut::new();
-                protocol::put_message(&mut b, b'C', |b| {
-                    b.extend_from_slice(b"S");
-                    protocol::put_cstr(b, INJECT_STATEMENT.as_bytes());
-                });
-                protocol::put_message(&mut b, b'P', |b| {
-                    protocol::put_cstr(b, INJECT_STATEMENT.as_bytes());
-                    protocol::put_cstr(b, INJECT_SQL.as_bytes());
-                    b.extend_from_slice(&2i16.to_be_bytes());
-                    b.extend_from_slice(&25u32.to_be_bytes());
-                    b.extend_from_slice(&25u32.to_be_bytes());
-                });
-                self.to_server.extend_from_slice(&b);
-                self.expect.push(Expected::proxy(Reply::Close));
-                self.expect.push(Expected::proxy(Reply::Parse));
+                let mut statements = vec![(INJECT_STATEMENT, INJECT_SQL, 2)];
+                if sealed {
+                    statements.push((INJECT_SEALED_STATEMENT, INJECT_SEALED_SQL, 4));
+                }
+                for (name, sql, params) in statements {
+                    protocol::put_message(&mut self.to_server, b'C', |b| {
+                        b.extend_from_slice(b"S");
+                        protocol::put_cstr(b, name.as_bytes());
+                    });
+                    protocol::put_message(&mut self.to_server, b'P', |b| {
+                        protocol::put_cstr(b, name.as_bytes());
+                        protocol::put_cstr(b, sql.as_bytes());
+                        b.extend_from_slice(&(params as i16).to_be_bytes());
+                        for _ in 0..params {
+                            b.extend_from_slice(&25u32.to_be_bytes());
+                        }
+                    });
+                    self.expect.push(Expected::proxy(Reply::Close));
+                    self.expect.push(Expected::proxy(Reply::Parse));
+                }
+            }
+            if sealed {
+                // The seal depends on the server's secret: built per server, reused while
+                // the client keeps getting the same one.
+                sealed_inject = match &self.sealed_inject {
+                    Some((id, bytes)) if *id == conn.id => Some(bytes.clone()),
+                    _ => conn.seal_secret.map(|secret| {
+                        let bytes = build_sealed_injection(
+                            self.tenant_setting.as_bytes(),
+                            self.tenant.as_str().as_bytes(),
+                            &secret,
+                        );
+                        self.sealed_inject = Some((conn.id, bytes.clone()));
+                        bytes
+                    }),
+                };
             }
         }
-        self.to_server.extend_from_slice(&self.inject);
+        match sealed_inject {
+            Some(bytes) => self.to_server.extend_from_slice(&bytes),
+            // Without a registered secret a sealed pool would inject an unsealed tenant, which
+            // the sealed policies refuse anyway (fail closed); the pool never hands out such
+            // a server (registration failure closes it).
+            None => self.to_server.extend_from_slice(&self.inject),
+        }
         self.expect.push(Expected::proxy(Reply::Bind));
         self.expect.push(Expected::proxy(Reply::Execute));
         self.tenant_in_txn = true;
@@ -1594,6 +1626,40 @@ fn session_feature_message(feature: &str) -> String {
          pgtenant lends servers per transaction; use a transaction-scoped alternative or \
          connect to PostgreSQL directly"
     )
+}
+
+/// Bind + Execute of the sealed injection statement: the tenant, and under
+/// `<setting>_seal` the hex HMAC-SHA256 of the tenant id keyed with the server's secret
+/// (config/sql/seal.sql verifies it), all as bound parameters.
+fn build_sealed_injection(setting: &[u8], tenant: &[u8], secret: &[u8; 32]) -> Bytes {
+    use hmac::{Hmac, Mac};
+    let seal = match <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret) {
+        Ok(mut mac) => {
+            mac.update(tenant);
+            hex::encode(mac.finalize().into_bytes())
+        }
+        // HMAC takes keys of any length; this cannot fail for a 32-byte key.
+        Err(_) => String::new(),
+    };
+    let mut seal_setting = setting.to_vec();
+    seal_setting.extend_from_slice(b"_seal");
+    let mut b = BytesMut::new();
+    protocol::put_message(&mut b, b'B', |b| {
+        protocol::put_cstr(b, b"");
+        protocol::put_cstr(b, INJECT_SEALED_STATEMENT.as_bytes());
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&4i16.to_be_bytes());
+        for v in [setting, tenant, &seal_setting, seal.as_bytes()] {
+            b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+            b.extend_from_slice(v);
+        }
+        b.extend_from_slice(&0i16.to_be_bytes());
+    });
+    protocol::put_message(&mut b, b'E', |b| {
+        protocol::put_cstr(b, b"");
+        b.extend_from_slice(&0i32.to_be_bytes());
+    });
+    b.freeze()
 }
 
 fn split_cstr(data: &[u8]) -> Result<(&[u8], &[u8]), SessionError> {

@@ -1,0 +1,736 @@
+//! Extended-protocol edge cases through the proxy, spoken by hand: several Syncs in one write,
+//! Flush without Sync, an error in the middle of a batch, Describe of a statement or a portal
+//! on its own, Execute with a row limit (PortalSuspended), empty queries, and FunctionCall.
+//! Every reply must be exactly what PostgreSQL sends, in order, in the client's own tenant.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use postgres_protocol::message::frontend;
+use support::*;
+
+use raw::*;
+
+const CURRENT_TENANT: &str = "current_setting('app.current_tenant_id')";
+
+fn proxy_with_pool(db: &TestDb, pool_size: i64) -> Proxy {
+    Proxy::start(ProxyConfig::for_db(db).general("default_pool_size", pool_size))
+}
+
+/// The payload of a ReadyForQuery: the transaction status byte.
+fn status(msgs: &[Msg]) -> u8 {
+    let last = msgs.last().expect("no replies");
+    assert_eq!(last.tag, b'Z', "{msgs:?}");
+    last.body[0]
+}
+
+/// The field names of a RowDescription payload.
+fn field_names(row_description: &Msg) -> Vec<String> {
+    assert_eq!(row_description.tag, b'T');
+    let count = i16::from_be_bytes([row_description.body[0], row_description.body[1]]);
+    let mut rest = &row_description.body[2..];
+    (0..count)
+        .map(|_| {
+            let end = rest.iter().position(|&b| b == 0).unwrap();
+            let name = String::from_utf8_lossy(&rest[..end]).into_owned();
+            // name, then table oid (4), column (2), type oid (4), size (2), modifier (4),
+            // format (2).
+            rest = &rest[end + 1 + 18..];
+            name
+        })
+        .collect()
+}
+
+/// A FunctionCall message: binary int4 arguments (`Some`) or text arguments, result format.
+fn function_call(buf: &mut BytesMut, oid: u32, args: &[FnArg], result_format: i16) {
+    let mut body = Vec::new();
+    body.extend_from_slice(&oid.to_be_bytes());
+    body.extend_from_slice(&(args.len() as i16).to_be_bytes());
+    for arg in args {
+        let format: i16 = match arg {
+            FnArg::Int4(_) => 1,
+            FnArg::Text(_) => 0,
+        };
+        body.extend_from_slice(&format.to_be_bytes());
+    }
+    body.extend_from_slice(&(args.len() as i16).to_be_bytes());
+    for arg in args {
+        let value = match arg {
+            FnArg::Int4(n) => n.to_be_bytes().to_vec(),
+            FnArg::Text(s) => s.as_bytes().to_vec(),
+        };
+        body.extend_from_slice(&(value.len() as i32).to_be_bytes());
+        body.extend_from_slice(&value);
+    }
+    body.extend_from_slice(&result_format.to_be_bytes());
+    buf.extend_from_slice(b"F");
+    buf.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+    buf.extend_from_slice(&body);
+}
+
+enum FnArg {
+    Int4(i32),
+    Text(&'static str),
+}
+
+/// The value of a FunctionCallResponse payload (`None` for NULL).
+fn function_result(msg: &Msg) -> Option<Vec<u8>> {
+    assert_eq!(msg.tag, b'V', "{msg:?}");
+    let len = i32::from_be_bytes([msg.body[0], msg.body[1], msg.body[2], msg.body[3]]);
+    (len >= 0).then(|| msg.body[4..4 + len as usize].to_vec())
+}
+
+#[tokio::test]
+async fn several_syncs_in_one_write_are_answered_in_order_in_own_tenant() {
+    let db = TestDb::new();
+    // One server for two pipelining clients: the proxy must keep each batch with its client.
+    let proxy = proxy_with_pool(&db, 1);
+    let mut acme = Raw::login(proxy.port(), &token_for(TENANT_ACME)).await;
+    let mut globex = Raw::login(proxy.port(), &token_for(TENANT_GLOBEX)).await;
+    let sql = format!("SELECT $1::text, {CURRENT_TENANT}, (SELECT count(*) FROM invoices)::text");
+    let pipeline = |named: &str| {
+        let mut buf = BytesMut::new();
+        // Batch 1 prepares a named statement that batches 2 and 3 bind.
+        parse(&mut buf, named, &sql);
+        for batch in ["batch 1", "batch 2", "batch 3"] {
+            bind(&mut buf, "", named, &[batch]);
+            execute(&mut buf, "", 0);
+            sync(&mut buf);
+        }
+        buf
+    };
+    acme.send(&pipeline("acme_pipe")).await;
+    globex.send(&pipeline("globex_pipe")).await;
+    for (client, tenant, invoices) in [
+        (&mut acme, TENANT_ACME, ACME_INVOICES),
+        (&mut globex, TENANT_GLOBEX, GLOBEX_INVOICES),
+    ] {
+        for batch in 1..=3 {
+            let replies = client.until_ready().await;
+            let expected = if batch == 1 { "12DCZ" } else { "2DCZ" };
+            assert_eq!(
+                tags(&replies),
+                expected,
+                "{tenant} batch {batch}: {:?}",
+                first_error(&replies)
+            );
+            assert_eq!(
+                rows(&replies),
+                [[
+                    Some(format!("batch {batch}")),
+                    Some(tenant.to_owned()),
+                    Some(invoices.to_string())
+                ]]
+            );
+            assert_eq!(status(&replies), b'I');
+        }
+    }
+}
+
+#[tokio::test]
+async fn flush_without_sync_keeps_the_server_until_sync() {
+    let db = TestDb::new();
+    let proxy = proxy_with_pool(&db, 1);
+    let mut client = Raw::login(proxy.port(), &token_for(TENANT_ACME)).await;
+    let other = proxy.connect(&token_for(TENANT_GLOBEX)).await.unwrap();
+
+    let mut buf = BytesMut::new();
+    run_unnamed(
+        &mut buf,
+        &format!("SELECT {CURRENT_TENANT}, $1::text"),
+        &["flushed"],
+    );
+    frontend::flush(&mut buf);
+    client.send(&buf).await;
+    let replies = client.recv_n(4).await;
+    assert_eq!(tags(&replies), "12DC", "{:?}", first_error(&replies));
+    assert_eq!(
+        rows(&replies),
+        [[Some(TENANT_ACME.to_owned()), Some("flushed".to_owned())]]
+    );
+
+    // Another client wants the only server meanwhile. A simple query would also destroy the
+    // unnamed statement, so if it ran on that server now, the Bind below would fail.
+    let waiting = tokio::spawn(async move {
+        other
+            .simple_query(&format!("SELECT {CURRENT_TENANT}"))
+            .await
+            .map(|messages| messages.len())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "another client ran a query on the server of an unsynced batch"
+    );
+
+    let mut buf = BytesMut::new();
+    bind(&mut buf, "", "", &["after flush"]);
+    execute(&mut buf, "", 0);
+    sync(&mut buf);
+    client.send(&buf).await;
+    let replies = client.until_ready().await;
+    assert_eq!(tags(&replies), "2DCZ", "{:?}", first_error(&replies));
+    assert_eq!(
+        rows(&replies),
+        [[Some(TENANT_ACME.to_owned()), Some("after flush".to_owned())]]
+    );
+    assert_eq!(status(&replies), b'I');
+
+    let other_result = tokio::time::timeout(READ_BOUND, waiting)
+        .await
+        .expect("the waiting client never got the server")
+        .unwrap();
+    assert!(other_result.is_ok(), "{other_result:?}");
+}
+
+#[tokio::test]
+async fn error_mid_batch_skips_to_sync_and_the_next_batch_works() {
+    let db = TestDb::new();
+    let proxy = proxy_with_pool(&db, 1);
+    let mut client = Raw::login(proxy.port(), &token_for(TENANT_ACME)).await;
+    let failing_batch = || {
+        let mut buf = BytesMut::new();
+        run_unnamed(&mut buf, "SELECT 1", &[]);
+        // Not folded at plan time: fails in Execute.
+        run_unnamed(&mut buf, "SELECT 1 / g FROM generate_series(0, 0) g", &[]);
+        run_unnamed(&mut buf, "SELECT 3", &[]);
+        sync(&mut buf);
+        buf
+    };
+    let next_batch = || {
+        let mut buf = BytesMut::new();
+        run_unnamed(&mut buf, &format!("SELECT {CURRENT_TENANT}"), &[]);
+        sync(&mut buf);
+        buf
+    };
+
+    // Autocommit, with the next batch already in the same write.
+    let mut buf = failing_batch();
+    buf.extend_from_slice(&next_batch());
+    client.send(&buf).await;
+    let replies = client.until_ready().await;
+    assert_eq!(tags(&replies), "12DC12EZ");
+    assert_eq!(first_error(&replies).unwrap().0, "22012");
+    assert_eq!(rows(&replies), [[Some("1".to_owned())]]);
+    assert_eq!(status(&replies), b'I');
+    let replies = client.until_ready().await;
+    assert_eq!(tags(&replies), "12DCZ", "{:?}", first_error(&replies));
+    assert_eq!(rows(&replies), [[Some(TENANT_ACME.to_owned())]]);
+
+    // Inside a transaction block: the block is failed until ROLLBACK.
+    assert_eq!(status(&client.simple("BEGIN").await), b'T');
+    client.send(&failing_batch()).await;
+    let replies = client.until_ready().await;
+    assert_eq!(tags(&replies), "12DC12EZ");
+    assert_eq!(status(&replies), b'E');
+    client.send(&next_batch()).await;
+    let replies = client.until_ready().await;
+    assert_eq!(first_error(&replies).unwrap().0, "25P02");
+    assert_eq!(status(&client.simple("ROLLBACK").await), b'I');
+    client.send(&next_batch()).await;
+    let replies = client.until_ready().await;
+    assert_eq!(tags(&replies), "12DCZ", "{:?}", first_error(&replies));
+    assert_eq!(rows(&replies), [[Some(TENANT_ACME.to_owned())]]);
+}
+
+#[tokio::test]
+async fn describe_of_a_statement_alone_and_of_a_portal_alone() {
+    let db = TestDb::new();
+    let proxy = proxy_with_pool(&db, 1);
+    let mut client = Raw::login(proxy.port(), &token_for(TENANT_GLOBEX)).await;
+    let other = proxy.connect(&token_for(TENANT_ACME)).await.unwrap();
+    let sql = format!("SELECT $1::int4 AS n, {CURRENT_TENANT} AS tenant");
+
+    let mut buf = BytesMut::new();
+    parse(&mut buf, "described", &sql);
+    sync(&mut buf);
+    client.send(&buf).await;
+    assert_eq!(tags(&client.until_ready().await), "1Z");
+    other.simple_query("SELECT 1").await.unwrap();
+
+    // Describe of a named statement, in a transaction of its own.
+    let mut buf = BytesMut::new();
+    frontend::describe(b'S', "described", &mut buf).unwrap();
+    sync(&mut buf);
+    client.send(&buf).await;
+    let replies = client.until_ready().await;
+    assert_eq!(tags(&replies), "tTZ", "{:?}", first_error(&replies));
+    let params = &replies[0].body;
+    assert_eq!(i16::from_be_bytes([params[0], params[1]]), 1);
+    assert_eq!(
+        u32::from_be_bytes([params[2], params[3], params[4], params[5]]),
+        23
+    );
+    assert_eq!(field_names(&replies[1]), ["n", "tenant"]);
+
+    // Describe of the unnamed statement right after its Parse.
+    let mut buf = BytesMut::new();
+    parse(&mut buf, "", "SELECT 1 AS one");
+    frontend::describe(b'S', "", &mut buf).unwrap();
+    sync(&mut buf);
+    client.send(&buf).await;
+    let replies = client.until_ready().await;
+    assert_eq!(tags(&replies), "1tTZ");
+    assert_eq!(field_names(&replies[2]), ["one"]);
+
+    // Describe of a portal in a batch of its own, then its Execute in another.
+    assert_eq!(status(&client.simple("BEGIN").await), b'T');
+    let mut buf = BytesMut::new();
+    parse(
+        &mut buf,
+        "",
+        "SELECT amount::text AS amount, tenant_id::text AS tenant FROM invoices ORDER BY amount",
+    );
+    bind(&mut buf, "p", "", &[]);
+    sync(&mut buf);
+    client.send(&buf).await;
+    assert_eq!(tags(&client.until_ready().await), "12Z");
+    let mut buf = BytesMut::new();
+    frontend::describe(b'P', "p", &mut buf).unwrap();
+    sync(&mut buf);
+    client.send(&buf).await;
+    let replies = client.until_ready().await;
+    assert_eq!(tags(&replies), "TZ", "{:?}", first_error(&replies));
+    assert_eq!(field_names(&replies[0]), ["amount", "tenant"]);
+    let mut buf = BytesMut::new();
+    execute(&mut buf, "p", 0);
+    sync(&mut buf);
+    client.send(&buf).await;
+    let replies = client.until_ready().await;
+    assert_eq!(tags(&replies), "DDCZ", "{:?}", first_error(&replies));
+    for row in rows(&replies) {
+        assert_eq!(row[1].as_deref(), Some(TENANT_GLOBEX));
+    }
+    assert_eq!(status(&client.simple("COMMIT").await), b'I');
+
+    // Describe of a portal that is never executed (autocommit).
+    let mut buf = BytesMut::new();
+    parse(&mut buf, "", "SELECT 2 AS two");
+    bind(&mut buf, "", "", &[]);
+    frontend::describe(b'P', "", &mut buf).unwrap();
+    sync(&mut buf);
+    client.send(&buf).await;
+    let replies = client.until_ready().await;
+    assert_eq!(tags(&replies), "12TZ");
+    assert_eq!(field_names(&replies[2]), ["two"]);
+}
+
+#[tokio::test]
+async fn execute_with_a_row_limit_suspends_the_portal_and_resumes() {
+    let db = TestDb::new();
+    let proxy = proxy_with_pool(&db, 1);
+    let mut client = Raw::login(proxy.port(), &token_for(TENANT_ACME)).await;
+    let other = proxy.connect(&token_for(TENANT_GLOBEX)).await.unwrap();
+    let sql = "SELECT tenant_id::text, amount::text FROM invoices ORDER BY amount, status";
+
+    assert_eq!(status(&client.simple("BEGIN").await), b'T');
+    let mut buf = BytesMut::new();
+    parse(&mut buf, "", sql);
+    bind(&mut buf, "cursor", "", &[]);
+    execute(&mut buf, "cursor", 2);
+    sync(&mut buf);
+    client.send(&buf).await;
+    let first = client.until_ready().await;
+    assert_eq!(tags(&first), "12DDsZ", "{:?}", first_error(&first));
+    assert_eq!(status(&first), b'T');
+    let mut buf = BytesMut::new();
+    execute(&mut buf, "cursor", 0);
+    sync(&mut buf);
+    client.send(&buf).await;
+    let rest = client.until_ready().await;
+    assert_eq!(tags(&rest), "DCZ", "{:?}", first_error(&rest));
+    let all: Vec<_> = rows(&first).into_iter().chain(rows(&rest)).collect();
+    assert_eq!(all.len(), ACME_INVOICES as usize);
+    assert!(
+        all.iter().all(|row| row[0].as_deref() == Some(TENANT_ACME)),
+        "{all:?}"
+    );
+    assert_eq!(status(&client.simple("COMMIT").await), b'I');
+
+    // Between the two transactions another client uses the server.
+    other.simple_query("SELECT 1").await.unwrap();
+
+    // All in one batch.
+    assert_eq!(status(&client.simple("BEGIN").await), b'T');
+    let mut buf = BytesMut::new();
+    parse(&mut buf, "", sql);
+    bind(&mut buf, "c2", "", &[]);
+    execute(&mut buf, "c2", 1);
+    execute(&mut buf, "c2", 1);
+    execute(&mut buf, "c2", 0);
+    sync(&mut buf);
+    client.send(&buf).await;
+    let replies = client.until_ready().await;
+    assert_eq!(tags(&replies), "12DsDsDCZ", "{:?}", first_error(&replies));
+    assert_eq!(rows(&replies), all);
+    assert_eq!(status(&client.simple("COMMIT").await), b'I');
+}
+
+#[tokio::test]
+async fn empty_query_gets_empty_query_response_in_both_protocols() {
+    let db = TestDb::new();
+    let proxy = proxy_with_pool(&db, 1);
+    let mut client = Raw::login(proxy.port(), &token_for(TENANT_ACME)).await;
+
+    let replies = client.simple("").await;
+    assert_eq!(tags(&replies), "IZ");
+    assert_eq!(status(&replies), b'I');
+
+    let mut buf = BytesMut::new();
+    run_unnamed(&mut buf, "", &[]);
+    sync(&mut buf);
+    client.send(&buf).await;
+    let replies = client.until_ready().await;
+    assert_eq!(tags(&replies), "12IZ", "{:?}", first_error(&replies));
+
+    // Inside a transaction block, and the connection goes on.
+    assert_eq!(status(&client.simple("BEGIN").await), b'T');
+    let replies = client.simple("").await;
+    assert_eq!(tags(&replies), "IZ");
+    assert_eq!(status(&replies), b'T');
+    assert_eq!(status(&client.simple("COMMIT").await), b'I');
+    let replies = client.simple(&format!("SELECT {CURRENT_TENANT}")).await;
+    assert_eq!(rows(&replies), [[Some(TENANT_ACME.to_owned())]]);
+}
+
+#[tokio::test]
+async fn function_call_by_oid_is_forwarded_in_own_tenant() {
+    let db = TestDb::new();
+    let proxy = proxy_with_pool(&db, 1);
+    let mut client = Raw::login(proxy.port(), &token_for(TENANT_GLOBEX)).await;
+    let replies = client
+        .simple(
+            "SELECT 'pg_catalog.int4pl'::regproc::oid, \
+             'pg_catalog.current_setting(text)'::regprocedure::oid",
+        )
+        .await;
+    let oids = &rows(&replies)[0];
+    let int4pl: u32 = oids[0].as_deref().unwrap().parse().unwrap();
+    let current_setting: u32 = oids[1].as_deref().unwrap().parse().unwrap();
+
+    let mut buf = BytesMut::new();
+    function_call(&mut buf, int4pl, &[FnArg::Int4(2), FnArg::Int4(40)], 1);
+    client.send(&buf).await;
+    let replies = client.until_ready().await;
+    assert_eq!(tags(&replies), "VZ", "{:?}", first_error(&replies));
+    assert_eq!(
+        function_result(&replies[0]),
+        Some(42i32.to_be_bytes().to_vec())
+    );
+    assert_eq!(status(&replies), b'I');
+
+    // The tenant is set for a FunctionCall too (text argument, text result).
+    let mut buf = BytesMut::new();
+    function_call(
+        &mut buf,
+        current_setting,
+        &[FnArg::Text("app.current_tenant_id")],
+        0,
+    );
+    client.send(&buf).await;
+    let replies = client.until_ready().await;
+    assert_eq!(tags(&replies), "VZ", "{:?}", first_error(&replies));
+    assert_eq!(
+        function_result(&replies[0]),
+        Some(TENANT_GLOBEX.as_bytes().to_vec())
+    );
+
+    // And inside a transaction block.
+    assert_eq!(status(&client.simple("BEGIN").await), b'T');
+    let mut buf = BytesMut::new();
+    function_call(&mut buf, int4pl, &[FnArg::Int4(-5), FnArg::Int4(8)], 1);
+    client.send(&buf).await;
+    let replies = client.until_ready().await;
+    assert_eq!(
+        function_result(&replies[0]),
+        Some(3i32.to_be_bytes().to_vec())
+    );
+    assert_eq!(status(&replies), b'T');
+    assert_eq!(status(&client.simple("COMMIT").await), b'I');
+}
+
+/// On PostgreSQL the unnamed statement lives until the next Parse of it or simple Query,
+/// across Syncs, and it is the connection's own: a later Bind must never run another
+/// client's unnamed statement.
+#[tokio::test]
+async fn unnamed_statement_parsed_in_one_batch_binds_in_a_later_one() {
+    let db = TestDb::new();
+    let proxy = proxy_with_pool(&db, 1);
+    let mut client = Raw::login(proxy.port(), &token_for(TENANT_ACME)).await;
+    let mut other = Raw::login(proxy.port(), &token_for(TENANT_GLOBEX)).await;
+
+    let mut buf = BytesMut::new();
+    parse(&mut buf, "", &format!("SELECT {CURRENT_TENANT}, $1::text"));
+    sync(&mut buf);
+    client.send(&buf).await;
+    assert_eq!(tags(&client.until_ready().await), "1Z");
+
+    // Another client runs its own unnamed statement on the (only) server meanwhile.
+    let mut buf = BytesMut::new();
+    run_unnamed(
+        &mut buf,
+        "SELECT 'the other client''s query', $1::text",
+        &["x"],
+    );
+    sync(&mut buf);
+    other.send(&buf).await;
+    assert_eq!(tags(&other.until_ready().await), "12DCZ");
+
+    let mut buf = BytesMut::new();
+    bind(&mut buf, "", "", &["later"]);
+    execute(&mut buf, "", 0);
+    sync(&mut buf);
+    client.send(&buf).await;
+    let replies = client.until_ready().await;
+    assert_eq!(tags(&replies), "2DCZ", "{:?}", first_error(&replies));
+    assert_eq!(
+        rows(&replies),
+        [[Some(TENANT_ACME.to_owned()), Some("later".to_owned())]]
+    );
+}
+// ------------------------------------------------------------------ raw protocol helpers
+
+/// Hand-built protocol messages for what tokio-postgres cannot express, and a reader for the
+/// proxy's replies.
+#[allow(dead_code)]
+mod raw {
+    use std::time::Duration;
+
+    use bytes::BytesMut;
+    use postgres_protocol::IsNull;
+    use postgres_protocol::message::frontend;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpStream;
+
+    use crate::support::{CLIENT_USER, PROXY_DBNAME};
+
+    /// Bound on any single read from the proxy, so that a stuck proxy fails the test.
+    pub const READ_BOUND: Duration = Duration::from_secs(15);
+
+    /// One backend message: its type byte and payload.
+    #[derive(Debug, Clone)]
+    pub struct Msg {
+        pub tag: u8,
+        pub body: Vec<u8>,
+    }
+
+    impl Msg {
+        /// A field (`b'C'` SQLSTATE, `b'M'` message) of an ErrorResponse or NoticeResponse.
+        pub fn field(&self, field: u8) -> Option<String> {
+            let mut rest = &self.body[..];
+            while let Some((&kind, tail)) = rest.split_first() {
+                if kind == 0 {
+                    break;
+                }
+                let end = tail.iter().position(|&b| b == 0)?;
+                if kind == field {
+                    return Some(String::from_utf8_lossy(&tail[..end]).into_owned());
+                }
+                rest = &tail[end + 1..];
+            }
+            None
+        }
+
+        pub fn sqlstate(&self) -> String {
+            self.field(b'C').unwrap_or_default()
+        }
+
+        /// The columns of a DataRow, as text (`None` for NULL).
+        pub fn columns(&self) -> Vec<Option<String>> {
+            assert_eq!(self.tag, b'D', "not a DataRow: {self:?}");
+            let count = i16::from_be_bytes([self.body[0], self.body[1]]);
+            let mut rest = &self.body[2..];
+            (0..count)
+                .map(|_| {
+                    let len = i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
+                    rest = &rest[4..];
+                    if len < 0 {
+                        return None;
+                    }
+                    let (value, tail) = rest.split_at(len as usize);
+                    rest = tail;
+                    Some(String::from_utf8_lossy(value).into_owned())
+                })
+                .collect()
+        }
+    }
+
+    /// The type bytes of `msgs` as a string (`"12DCZ"`), for asserting reply sequences.
+    pub fn tags(msgs: &[Msg]) -> String {
+        msgs.iter().map(|m| char::from(m.tag)).collect()
+    }
+
+    /// The text columns of every DataRow in `msgs`.
+    pub fn rows(msgs: &[Msg]) -> Vec<Vec<Option<String>>> {
+        msgs.iter()
+            .filter(|m| m.tag == b'D')
+            .map(Msg::columns)
+            .collect()
+    }
+
+    /// The first ErrorResponse in `msgs`: (SQLSTATE, message).
+    pub fn first_error(msgs: &[Msg]) -> Option<(String, String)> {
+        msgs.iter()
+            .find(|m| m.tag == b'E')
+            .map(|m| (m.sqlstate(), m.field(b'M').unwrap_or_default()))
+    }
+
+    /// A client speaking the wire protocol by hand, logged in through the proxy.
+    pub struct Raw {
+        pub stream: TcpStream,
+        /// The BackendKeyData the proxy issued (its own key, not a server's).
+        pub pid: i32,
+        pub secret: i32,
+    }
+
+    impl Raw {
+        /// Startup with user/database, the token as the cleartext password, up to ReadyForQuery.
+        pub async fn login(port: u16, token: &str) -> Raw {
+            let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let mut raw = Raw {
+                stream,
+                pid: 0,
+                secret: 0,
+            };
+            let mut buf = BytesMut::new();
+            frontend::startup_message(
+                [("user", CLIENT_USER), ("database", PROXY_DBNAME)],
+                &mut buf,
+            )
+            .unwrap();
+            raw.send(&buf).await;
+            loop {
+                let msg = raw.recv().await;
+                match msg.tag {
+                    b'R' => {
+                        let code = i32::from_be_bytes([
+                            msg.body[0],
+                            msg.body[1],
+                            msg.body[2],
+                            msg.body[3],
+                        ]);
+                        match code {
+                            0 => {}
+                            3 => {
+                                let mut buf = BytesMut::new();
+                                frontend::password_message(token.as_bytes(), &mut buf).unwrap();
+                                raw.send(&buf).await;
+                            }
+                            other => panic!("unexpected authentication request {other}"),
+                        }
+                    }
+                    b'K' => {
+                        raw.pid = i32::from_be_bytes([
+                            msg.body[0],
+                            msg.body[1],
+                            msg.body[2],
+                            msg.body[3],
+                        ]);
+                        raw.secret = i32::from_be_bytes([
+                            msg.body[4],
+                            msg.body[5],
+                            msg.body[6],
+                            msg.body[7],
+                        ]);
+                    }
+                    b'E' => panic!("login failed: {:?}", msg.field(b'M')),
+                    b'Z' => return raw,
+                    _ => {}
+                }
+            }
+        }
+
+        pub async fn send(&mut self, bytes: &[u8]) {
+            self.stream.write_all(bytes).await.unwrap();
+        }
+
+        /// The next message; panics at EOF or when nothing comes within [`READ_BOUND`].
+        pub async fn recv(&mut self) -> Msg {
+            let read = async {
+                let mut header = [0u8; 5];
+                self.stream.read_exact(&mut header).await.ok()?;
+                let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+                let mut body = vec![0u8; usize::try_from(len).ok()?.checked_sub(4)?];
+                self.stream.read_exact(&mut body).await.ok()?;
+                Some(Msg {
+                    tag: header[0],
+                    body,
+                })
+            };
+            match tokio::time::timeout(READ_BOUND, read).await {
+                Ok(Some(msg)) => msg,
+                Ok(None) => panic!("the proxy closed the connection"),
+                Err(_) => panic!("no message from the proxy within {READ_BOUND:?}"),
+            }
+        }
+
+        /// Reads `n` messages.
+        pub async fn recv_n(&mut self, n: usize) -> Vec<Msg> {
+            let mut msgs = Vec::with_capacity(n);
+            for _ in 0..n {
+                msgs.push(self.recv().await);
+            }
+            msgs
+        }
+
+        /// Reads messages up to and including the next ReadyForQuery.
+        pub async fn until_ready(&mut self) -> Vec<Msg> {
+            let mut msgs = Vec::new();
+            loop {
+                let msg = self.recv().await;
+                let done = msg.tag == b'Z';
+                msgs.push(msg);
+                if done {
+                    return msgs;
+                }
+            }
+        }
+
+        /// Sends a simple Query and reads its replies up to ReadyForQuery.
+        pub async fn simple(&mut self, sql: &str) -> Vec<Msg> {
+            let mut buf = BytesMut::new();
+            frontend::query(sql, &mut buf).unwrap();
+            self.send(&buf).await;
+            self.until_ready().await
+        }
+    }
+
+    /// Parse of `statement` (no declared parameter types).
+    pub fn parse(buf: &mut BytesMut, statement: &str, sql: &str) {
+        frontend::parse(statement, sql, [], buf).unwrap();
+    }
+
+    /// Bind of `statement` to `portal` with text parameters, text results.
+    pub fn bind(buf: &mut BytesMut, portal: &str, statement: &str, params: &[&str]) {
+        let serialized = frontend::bind(
+            portal,
+            statement,
+            [],
+            params.iter(),
+            |param, buf| {
+                buf.extend_from_slice(param.as_bytes());
+                Ok(IsNull::No)
+            },
+            [],
+            buf,
+        );
+        assert!(serialized.is_ok(), "could not build a Bind message");
+    }
+
+    pub fn execute(buf: &mut BytesMut, portal: &str, max_rows: i32) {
+        frontend::execute(portal, max_rows, buf).unwrap();
+    }
+
+    pub fn sync(buf: &mut BytesMut) {
+        frontend::sync(buf);
+    }
+
+    /// Parse (unnamed) + Bind + Execute of `sql`, without Sync.
+    pub fn run_unnamed(buf: &mut BytesMut, sql: &str, params: &[&str]) {
+        parse(buf, "", sql);
+        bind(buf, "", "", params);
+        execute(buf, "", 0);
+    }
+}

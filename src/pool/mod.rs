@@ -356,8 +356,13 @@ impl Pool {
                 });
             }
         }
-        if self.db.tenant_seal {
-            if let Err(source) = conn.register_seal().await {
+        let seal = if self.db.tenant_seal {
+            conn.register_seal().await
+        } else {
+            Ok(())
+        };
+        {
+            if let Err(source) = seal {
                 tracing::error!(db = %self.name, error = %source, "tenant seal registration failed");
                 conn.terminate().await;
                 return Err(PoolError::Seal {

@@ -66,6 +66,8 @@ pub struct Expected {
     pub stmt: u64,
     /// For pgtenant's own Query: its rows are the client's session settings to keep.
     pub capture: bool,
+    /// Order of the entry among all pushed (set by the queue).
+    pub seq: u64,
     /// The error this entry draws stands for PostgreSQL's "cached plan must not change
     /// result type", and is reported exactly as PostgreSQL words it (drivers recognise it by
     /// its routine field and re-prepare).
@@ -82,6 +84,7 @@ impl Expected {
             stmt: 0,
             capture: false,
             stale_plan: false,
+            seq: 0,
         }
     }
 
@@ -145,11 +148,39 @@ pub struct Step {
 #[derive(Debug, Default)]
 pub struct ExpectQueue {
     q: VecDeque<Expected>,
+    next_seq: u64,
+    /// Entries dropped because PostgreSQL skipped their messages after an error: the
+    /// session must undo what it assumed they would do (a statement being prepared).
+    skipped: Vec<Expected>,
 }
 
 impl ExpectQueue {
-    pub fn push(&mut self, e: Expected) {
+    pub fn push(&mut self, mut e: Expected) {
+        e.seq = self.next_seq;
+        self.next_seq += 1;
         self.q.push_back(e);
+    }
+
+    /// Entries with a statement id skipped since the last call.
+    pub fn take_skipped(&mut self) -> Vec<Expected> {
+        std::mem::take(&mut self.skipped)
+    }
+
+    /// Whether any entries were skipped since the last `take_skipped`.
+    pub fn has_skipped(&self) -> bool {
+        !self.skipped.is_empty()
+    }
+
+    /// The `seq` the next pushed entry gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Drops the Sync entries pushed after `after` and before `before`: PostgreSQL ignores
+    /// a Sync that arrives while it is copying in (protocol docs, "COPY Operations").
+    pub fn drop_syncs_between(&mut self, after: u64, before: u64) {
+        self.q
+            .retain(|e| !(e.reply == Reply::Sync && e.seq > after && e.seq < before));
     }
 
     pub fn is_empty(&self) -> bool {
@@ -251,7 +282,9 @@ impl ExpectQueue {
                     if e.reply == Reply::Sync {
                         break;
                     }
-                    self.q.pop_front();
+                    if let Some(e) = self.q.pop_front().filter(|e| e.stmt != 0) {
+                        self.skipped.push(e);
+                    }
                 }
                 if let Some(sync) = self.q.front_mut() {
                     sync.failed = true;

@@ -200,6 +200,11 @@ struct Session {
     /// A shared statement is being prepared and described afresh on this server, to check
     /// that its shape still matches what the client was told; client messages wait.
     verifying: Option<u64>,
+    /// The server is copying in (CopyInResponse seen, the client's CopyDone/CopyFail not yet
+    /// forwarded).
+    copy_in: bool,
+    /// Queue position when the client's latest CopyDone/CopyFail was forwarded.
+    copy_end_seq: u64,
     /// The server's state cannot be vouched for: close it instead of returning it.
     dirty: bool,
     /// The client may have changed session-level settings on the server: `RESET ALL`
@@ -225,6 +230,8 @@ struct ClientStatement {
     /// A fresh prepare came back with another shape: executing it fails with 0A000
     /// ("cached plan must not change result type") until the client prepares it again.
     stale: bool,
+    /// Parsed between transactions without a server: parse it afresh at first use.
+    needs_fresh_parse: bool,
 }
 
 enum Event {
@@ -283,6 +290,8 @@ impl Session {
             unnamed_parse_owned: false,
             unnamed_on_server: false,
             verifying: None,
+            copy_in: false,
+            copy_end_seq: 0,
             dirty: false,
             session_changed: false,
             tracker: ClientTracker::new(Arc::clone(&shared.stats), tenant_stats),
@@ -444,6 +453,7 @@ impl Session {
         self.maybe_ended = false;
         self.expect.clear();
         self.dirty = false;
+        self.copy_in = false;
         self.session_changed = false;
         self.unnamed_on_server = false;
         let conn = checkout.conn();
@@ -646,6 +656,12 @@ impl Session {
         }
     }
 
+    /// Whether the guard lets a statement through without a server-side check (placeholder
+    /// until the guard is wired in: everything passes).
+    fn guard_allows_parse(&self, _query: &[u8]) -> bool {
+        true
+    }
+
     /// Answers, without a server, the messages that need none between transactions: closing
     /// a named statement (drivers do this when a statement object is dropped), Flush and
     /// Sync. Returns false when a server is needed.
@@ -667,6 +683,7 @@ impl Session {
                 true
             }
             b'H' => true,
+            b'P' => self.parse_unbound(len),
             b'Q' => {
                 let text = protocol::payload(&self.cbuf[..len]);
                 let text = protocol::read_cstr(text)
@@ -686,6 +703,45 @@ impl Session {
             }
             _ => false,
         }
+    }
+
+    /// A named Parse between transactions is recorded without a server (the statement is
+    /// prepared lazily on whichever server runs its Bind, like every shared statement), so
+    /// preparing never waits for a free server. PostgreSQL would report a syntax error at
+    /// the Parse; here it comes with the first Bind or Describe. Unnamed, reserved, already
+    /// used names and statements pgtenant refuses still go through a server.
+    fn parse_unbound(&mut self, len: usize) -> bool {
+        let body = protocol::payload(&self.cbuf[..len]);
+        let Some((name, rest)) = protocol::read_cstr(body) else {
+            return false;
+        };
+        let Some((query, _)) = protocol::read_cstr(rest) else {
+            return false;
+        };
+        if name.is_empty()
+            || name == INJECT_STATEMENT.as_bytes()
+            || name == INJECT_SEALED_STATEMENT.as_bytes()
+            || self.statements.contains_key(name)
+        {
+            return false;
+        }
+        let plan = SqlPlan::of_statement(&String::from_utf8_lossy(query));
+        if plan.needs_session.is_some() || !self.guard_allows_parse(query) {
+            return false;
+        }
+        let def = self.pool.statements.register(rest);
+        self.statements.insert(
+            Bytes::copy_from_slice(name),
+            ClientStatement {
+                plan,
+                shared: Some(def),
+                described: None,
+                stale: false,
+                needs_fresh_parse: true,
+            },
+        );
+        messages::empty_reply(&mut self.to_client, b'1');
+        true
     }
 
     fn forward_client_message(&mut self, tag: u8, msg: Bytes) -> Result<(), SessionError> {
@@ -716,21 +772,21 @@ impl Session {
                             shared: None,
                             described: None,
                             stale: false,
+                            needs_fresh_parse: false,
                         },
                     );
                     self.unnamed_parse = Some(msg.clone());
                     self.unnamed_parse_owned = false;
                     self.unnamed_on_server = true;
                     self.push_client(msg, Some(Reply::Parse));
-                } else if let Some(existing) =
-                    self.statements.get(name).and_then(|s| s.shared.clone())
-                {
-                    // PostgreSQL refuses to redefine a prepared statement (42P05): have the
-                    // server refuse it the same way by parsing the existing one again.
-                    self.ensure_prepared(&existing);
-                    self.to_server.extend_from_slice(&existing.parse);
-                    self.expect.push(Expected::client(Reply::Parse));
-                    self.unsynced = true;
+                } else if self.statements.contains_key(name) {
+                    // PostgreSQL refuses to redefine a prepared statement; raised by the
+                    // server itself so the error handling is PostgreSQL's.
+                    let message = format!(
+                        "prepared statement \"{}\" already exists",
+                        String::from_utf8_lossy(name)
+                    );
+                    self.refuse_with("42P05", &message);
                 } else {
                     let def = self.pool.statements.register(rest);
                     self.statements.insert(
@@ -741,6 +797,7 @@ impl Session {
                             shared: Some(Arc::clone(&def)),
                             described: None,
                             stale: false,
+                            needs_fresh_parse: false,
                         },
                     );
                     // Always parsed afresh, as PostgreSQL would for this client: a shared
@@ -797,7 +854,7 @@ impl Session {
                 self.session_changed |= plan.changes_session;
                 match shared {
                     Some(def) => {
-                        self.ensure_prepared(&def);
+                        self.prepare_for(stmt, &def);
                         protocol::put_message(&mut self.to_server, b'B', |b| {
                             protocol::put_cstr(b, portal);
                             protocol::put_cstr(b, def.name.as_bytes());
@@ -827,7 +884,7 @@ impl Session {
                     let (name, _) = split_cstr(&body[1..])?;
                     match self.statements.get(name).and_then(|s| s.shared.clone()) {
                         Some(def) => {
-                            self.ensure_prepared(&def);
+                            self.prepare_for(name, &def);
                             protocol::put_message(&mut self.to_server, b'D', |b| {
                                 b.extend_from_slice(b"S");
                                 protocol::put_cstr(b, def.name.as_bytes());
@@ -875,6 +932,10 @@ impl Session {
                     ));
                 }
             },
+            b'S' | b'H' if self.copy_in => {
+                // PostgreSQL ignores Sync and Flush while copying in: no reply to expect.
+                self.push_client(msg, None);
+            }
             b'S' => {
                 self.push_client(msg, Some(Reply::Sync));
                 self.unsynced = false;
@@ -889,7 +950,13 @@ impl Session {
                 self.unsynced = false;
                 self.maybe_ended = true;
             }
-            b'd' | b'c' | b'f' => self.push_client(msg, None),
+            b'd' => self.push_client(msg, None),
+            b'c' | b'f' => {
+                // Syncs sent before this point, during the copy, are ignored by PostgreSQL.
+                self.copy_end_seq = self.expect.next_seq();
+                self.copy_in = false;
+                self.push_client(msg, None);
+            }
             other => {
                 return Err(SessionError::client(
                     "08P01",
@@ -1116,6 +1183,24 @@ impl Session {
 
     /// Prepares a shared statement on the bound server if it is not there yet (Close first:
     /// after a DEALLOCATE pgtenant cannot tell whether it survived).
+    /// Prepares the client statement `name` (shared as `def`) on the bound server if needed;
+    /// one parsed between transactions without a server is parsed afresh once, as
+    /// PostgreSQL would have at the client's Parse (a plan from before a schema change must
+    /// not stand in for it).
+    fn prepare_for(&mut self, name: &[u8], def: &Arc<StmtDef>) {
+        let fresh = self
+            .statements
+            .get_mut(name)
+            .map(|s| std::mem::take(&mut s.needs_fresh_parse))
+            .unwrap_or(false);
+        if fresh {
+            if let Some(server) = self.server.as_mut() {
+                server.conn().forget_prepared(def.id);
+            }
+        }
+        self.ensure_prepared(def);
+    }
+
     fn ensure_prepared(&mut self, def: &Arc<StmtDef>) {
         let Some(server) = self.server.as_mut() else {
             return;
@@ -1290,7 +1375,13 @@ impl Session {
             self.dirty = true;
             return Err(SessionError::ServerTerminated);
         }
+        if tag == b'G' {
+            self.on_copy_in_started();
+        }
         let step = self.expect.on_message(tag);
+        if self.expect.has_skipped() {
+            self.undo_skipped();
+        }
         if step.verdict == Verdict::Desync {
             return Err(SessionError::Desync(char::from(tag)));
         }
@@ -1445,6 +1536,38 @@ impl Session {
         }
         self.answer_synthetic();
         Ok(())
+    }
+
+    /// PostgreSQL skipped messages after an error: statements pgtenant was preparing were
+    /// not prepared, and a verification waiting for a description will not get one.
+    fn undo_skipped(&mut self) {
+        for e in self.expect.take_skipped() {
+            if e.stmt == UNNAMED_STATEMENT {
+                self.unnamed_on_server = false;
+                continue;
+            }
+            if e.reply == Reply::Parse {
+                if let Some(server) = self.server.as_mut() {
+                    server.conn().forget_prepared(e.stmt);
+                }
+            }
+            self.finish_verify(e.stmt, None);
+        }
+    }
+
+    /// The server started copying in for the front entry: the Syncs the client sent after
+    /// it and before its CopyDone/CopyFail will be ignored by PostgreSQL, so no reply is
+    /// expected for them; until the client ends the copy, none for its next ones either.
+    fn on_copy_in_started(&mut self) {
+        let Some(start) = self.expect.front().map(|e| e.seq) else {
+            return;
+        };
+        if self.copy_end_seq > start {
+            self.expect.drop_syncs_between(start, self.copy_end_seq);
+        } else {
+            self.expect.drop_syncs_between(start, u64::MAX);
+            self.copy_in = true;
+        }
     }
 
     /// Records one `(name, setting)` row of the capture query.

@@ -1193,10 +1193,8 @@ impl Session {
             .get_mut(name)
             .map(|s| std::mem::take(&mut s.needs_fresh_parse))
             .unwrap_or(false);
-        if fresh {
-            if let Some(server) = self.server.as_mut() {
-                server.conn().forget_prepared(def.id);
-            }
+        if let Some(server) = self.server.as_mut().filter(|_| fresh) {
+            server.conn().forget_prepared(def.id);
         }
         self.ensure_prepared(def);
     }
@@ -1546,10 +1544,8 @@ impl Session {
                 self.unnamed_on_server = false;
                 continue;
             }
-            if e.reply == Reply::Parse {
-                if let Some(server) = self.server.as_mut() {
-                    server.conn().forget_prepared(e.stmt);
-                }
+            if let Some(server) = self.server.as_mut().filter(|_| e.reply == Reply::Parse) {
+                server.conn().forget_prepared(e.stmt);
             }
             self.finish_verify(e.stmt, None);
         }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the PostgreSQL programs the tests and the demo run (initdb, pg_ctl, postgres, psql,
-# pgbench) if any is missing. Idempotent: does nothing when they are all present.
+# pgbench) and the libclang the pg_query crate's build needs, if any is missing. Idempotent:
+# does nothing when they are all present.
 # Debian/Ubuntu only (apt-get); elsewhere, install PostgreSQL yourself or point
 # PGTENANT_PG_BINDIR at the directory holding initdb.
 set -euo pipefail
@@ -30,6 +31,60 @@ have() {
     [ -n "$bin_dir" ] && [ -x "$bin_dir/$program" ] && return 0
     command -v "$program" >/dev/null 2>&1
 }
+
+# --- Build dependency of the `pg_query` crate (the SQL guard's parser) ------------------------
+# Its build script runs bindgen, which loads libclang at build time and needs clang's builtin
+# headers (stddef.h, …): Debian's libclang-dev brings both. Installed only when missing.
+have_libclang() {
+    # clang-sys (used by bindgen) honours LIBCLANG_PATH first, then the usual directories.
+    local lib_globs=(/usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so*
+        /usr/lib/*/libclang.so* /usr/lib/*/libclang-[0-9]*.so*)
+    if [ -n "${LIBCLANG_PATH:-}" ]; then
+        lib_globs=("$LIBCLANG_PATH"/libclang*.so* "${lib_globs[@]}")
+    fi
+    local found_lib=""
+    for pattern in "${lib_globs[@]}"; do
+        if compgen -G "$pattern" >/dev/null; then
+            found_lib=yes
+            break
+        fi
+    done
+    [ -n "$found_lib" ] || return 1
+    # clang's builtin headers (stddef.h, …), which bindgen's parse of pg_query.h includes.
+    compgen -G "/usr/lib/llvm-*/lib/clang/*/include/stddef.h" >/dev/null ||
+        compgen -G "/usr/lib/clang/*/include/stddef.h" >/dev/null
+}
+
+install_libclang() {
+    if have_libclang; then
+        echo "install-deps: libclang found (nothing to install for pg_query)"
+        return 0
+    fi
+    echo "install-deps: libclang missing (the pg_query crate's bindgen needs it); installing libclang-dev"
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "install-deps: apt-get not available; install libclang (and clang's headers) yourself, or set LIBCLANG_PATH" >&2
+        return 1
+    fi
+    local sudo_cmd=()
+    if [ "$(id -u)" -ne 0 ]; then
+        if ! command -v sudo >/dev/null 2>&1; then
+            echo "install-deps: not root and sudo is missing; cannot install libclang-dev" >&2
+            return 1
+        fi
+        sudo_cmd=(sudo)
+    fi
+    ${sudo_cmd[@]+"${sudo_cmd[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get update
+    ${sudo_cmd[@]+"${sudo_cmd[@]}"} env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y --no-install-recommends libclang-dev
+    if ! have_libclang; then
+        echo "install-deps: libclang still missing after installation" >&2
+        return 1
+    fi
+}
+
+# Not fatal: the PostgreSQL programs below are still worth installing; cargo says what is missing.
+install_libclang || echo "install-deps: warning: without libclang, building pgtenant (pg_query) fails" >&2
+# --- end of the pg_query block ------------------------------------------------------------------
 
 missing=()
 bin_dir=$(server_bin_dir || true)

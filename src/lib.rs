@@ -23,6 +23,7 @@ pub mod cancel;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod guard;
 pub mod listener;
 pub mod pool;
 pub mod protocol;

@@ -22,6 +22,8 @@ pub struct Shared {
     pub cancels: crate::cancel::CancelRegistry,
     /// What metrics and the admin console report.
     pub stats: Arc<crate::stats::Stats>,
+    /// Refuses client SQL that would change or bypass the tenant setting.
+    pub guard: Arc<crate::guard::Guard>,
     next_client_id: AtomicU64,
 }
 
@@ -40,6 +42,7 @@ impl Shared {
             TokenVerifier::new(&config.auth).map_err(|e| StateError::Verifier(e.to_string()))?;
         let g = &config.general;
         let stats = crate::stats::Stats::new()?;
+        let guard = Arc::new(crate::guard::Guard::new(&config.general.tenant_setting));
         let pools = config
             .databases
             .iter()
@@ -69,6 +72,7 @@ impl Shared {
             clients: AtomicUsize::new(0),
             cancels: Default::default(),
             stats,
+            guard,
             next_client_id: AtomicU64::new(1),
         }))
     }

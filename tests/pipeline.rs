@@ -395,60 +395,62 @@ async fn empty_query_gets_empty_query_response_in_both_protocols() {
     assert_eq!(rows(&replies), [[Some(TENANT_ACME.to_owned())]]);
 }
 
+/// `FunctionCall` messages are forwarded for the large-object functions drivers call that way
+/// (JDBC), in the client's tenant; any other function by OID (`set_config` is 2078) is
+/// refused by the guard with 42501, and the connection goes on.
 #[tokio::test]
-async fn function_call_by_oid_is_forwarded_in_own_tenant() {
+async fn function_call_of_large_object_functions_is_forwarded_and_others_refused() {
     let db = TestDb::new();
     let proxy = proxy_with_pool(&db, 1);
     let mut client = Raw::login(proxy.port(), &token_for(TENANT_GLOBEX)).await;
     let replies = client
         .simple(
             "SELECT 'pg_catalog.int4pl'::regproc::oid, \
-             'pg_catalog.current_setting(text)'::regprocedure::oid",
+             'pg_catalog.set_config(text,text,boolean)'::regprocedure::oid",
         )
         .await;
     let oids = &rows(&replies)[0];
     let int4pl: u32 = oids[0].as_deref().unwrap().parse().unwrap();
-    let current_setting: u32 = oids[1].as_deref().unwrap().parse().unwrap();
+    let set_config: u32 = oids[1].as_deref().unwrap().parse().unwrap();
 
+    // lo_creat(-1) (OID 957) creates a large object and returns its OID; lo_unlink (964).
     let mut buf = BytesMut::new();
-    function_call(&mut buf, int4pl, &[FnArg::Int4(2), FnArg::Int4(40)], 1);
+    function_call(&mut buf, 957, &[FnArg::Int4(-1)], 1);
+    client.send(&buf).await;
+    let replies = client.until_ready().await;
+    assert_eq!(tags(&replies), "VZ", "{:?}", first_error(&replies));
+    let lo = function_result(&replies[0]).expect("lo_creat returned an OID");
+    let lo = i32::from_be_bytes(lo.try_into().unwrap());
+    let mut buf = BytesMut::new();
+    function_call(&mut buf, 964, &[FnArg::Int4(lo)], 1);
     client.send(&buf).await;
     let replies = client.until_ready().await;
     assert_eq!(tags(&replies), "VZ", "{:?}", first_error(&replies));
     assert_eq!(
         function_result(&replies[0]),
-        Some(42i32.to_be_bytes().to_vec())
-    );
-    assert_eq!(status(&replies), b'I');
-
-    // The tenant is set for a FunctionCall too (text argument, text result).
-    let mut buf = BytesMut::new();
-    function_call(
-        &mut buf,
-        current_setting,
-        &[FnArg::Text("app.current_tenant_id")],
-        0,
-    );
-    client.send(&buf).await;
-    let replies = client.until_ready().await;
-    assert_eq!(tags(&replies), "VZ", "{:?}", first_error(&replies));
-    assert_eq!(
-        function_result(&replies[0]),
-        Some(TENANT_GLOBEX.as_bytes().to_vec())
+        Some(1i32.to_be_bytes().to_vec())
     );
 
-    // And inside a transaction block.
+    for oid in [int4pl, set_config] {
+        let mut buf = BytesMut::new();
+        function_call(&mut buf, oid, &[FnArg::Int4(2), FnArg::Int4(40)], 1);
+        client.send(&buf).await;
+        let replies = client.until_ready().await;
+        assert_eq!(tags(&replies), "EZ");
+        assert_eq!(first_error(&replies).unwrap().0, "42501");
+        assert_eq!(status(&replies), b'I');
+    }
+
+    // Inside a transaction block a refused call aborts the block, as an error there would.
     assert_eq!(status(&client.simple("BEGIN").await), b'T');
     let mut buf = BytesMut::new();
-    function_call(&mut buf, int4pl, &[FnArg::Int4(-5), FnArg::Int4(8)], 1);
+    function_call(&mut buf, set_config, &[FnArg::Int4(1)], 0);
     client.send(&buf).await;
     let replies = client.until_ready().await;
-    assert_eq!(
-        function_result(&replies[0]),
-        Some(3i32.to_be_bytes().to_vec())
-    );
-    assert_eq!(status(&replies), b'T');
-    assert_eq!(status(&client.simple("COMMIT").await), b'I');
+    assert_eq!(status(&replies), b'E');
+    assert_eq!(status(&client.simple("ROLLBACK").await), b'I');
+    let replies = client.simple(&format!("SELECT {CURRENT_TENANT}")).await;
+    assert_eq!(rows(&replies), [[Some(TENANT_GLOBEX.to_owned())]]);
 }
 
 /// On PostgreSQL the unnamed statement lives until the next Parse of it or simple Query,

@@ -249,7 +249,17 @@ impl ClientRequest {
          -> Result<(), LoginError> {
             if name == "tenant_token" {
                 *token = Some(value.to_owned());
-            } else if name.eq_ignore_ascii_case(tenant_setting) {
+                return Ok(());
+            }
+            if let Err(refusal) = shared.guard.check_parameter(name, value) {
+                shared.stats.guard_refused(refusal.rule);
+                return Err(LoginError::Refused {
+                    sqlstate: "42501",
+                    message: refusal.message,
+                    reason: "guard",
+                });
+            }
+            if name.eq_ignore_ascii_case(tenant_setting) {
                 return Err(LoginError::refused(
                     "42501",
                     "guard",

@@ -27,6 +27,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::cancel::{CancelSlot, CancelTarget};
+use crate::guard::{Guard, TenantValue, Verdict as GuardVerdict};
 use crate::pool::statements::StmtDef;
 use crate::pool::{Checkout, Pool};
 use crate::protocol::messages::{self, Severity};
@@ -34,7 +35,7 @@ use crate::protocol::{self, FrameError, peek_frame};
 use crate::server::{INJECT_SEALED_SQL, INJECT_SEALED_STATEMENT, INJECT_SQL, INJECT_STATEMENT};
 use crate::sql::{self, SessionCommand};
 use crate::state::Shared;
-use crate::stats::{ClientState, ClientTracker};
+use crate::stats::{ClientState, ClientTracker, Stats};
 use crate::tenant::TenantId;
 use expect::{ExpectQueue, Expected, Owner, Reply, Verdict};
 use login::{LoggedIn, LoginError, LoginOutcome};
@@ -214,6 +215,8 @@ struct Session {
     cancel: Arc<CancelSlot>,
     /// This client's state in the gauges and its tenant's counters.
     tracker: ClientTracker,
+    guard: Arc<Guard>,
+    stats: Arc<Stats>,
     /// When the current transaction got its server.
     xact_started: Option<Instant>,
 }
@@ -232,6 +235,9 @@ struct ClientStatement {
     stale: bool,
     /// Parsed between transactions without a server: parse it afresh at first use.
     needs_fresh_parse: bool,
+    /// Bound parameters that set the tenant seed-style (`set_config('app.current_tenant_id',
+    /// $1, true)`): each must be the client's own tenant at every Bind.
+    tenant_params: Vec<usize>,
 }
 
 enum Event {
@@ -296,6 +302,8 @@ impl Session {
             session_changed: false,
             tracker: ClientTracker::new(Arc::clone(&shared.stats), tenant_stats),
             xact_started: None,
+            guard: Arc::clone(&shared.guard),
+            stats: Arc::clone(&shared.stats),
             cancel_pid: l.cancel_pid,
             cancel: l.cancel,
         }
@@ -656,10 +664,13 @@ impl Session {
         }
     }
 
-    /// Whether the guard lets a statement through without a server-side check (placeholder
-    /// until the guard is wired in: everything passes).
-    fn guard_allows_parse(&self, _query: &[u8]) -> bool {
-        true
+    /// Whether the guard lets a statement through as it is (anything it refuses or must
+    /// check at Bind goes the way of a Parse through a server).
+    fn guard_allows_parse(&self, query: &[u8]) -> bool {
+        matches!(
+            self.guard.check(&String::from_utf8_lossy(query)),
+            GuardVerdict::Allow
+        )
     }
 
     /// Answers, without a server, the messages that need none between transactions: closing
@@ -738,6 +749,7 @@ impl Session {
                 described: None,
                 stale: false,
                 needs_fresh_parse: true,
+                tenant_params: Vec::new(),
             },
         );
         messages::empty_reply(&mut self.to_client, b'1');
@@ -759,7 +771,15 @@ impl Session {
                         ),
                     ));
                 }
-                let plan = SqlPlan::of_statement(&String::from_utf8_lossy(query));
+                let query_text = String::from_utf8_lossy(query);
+                let tenant_params = match self.guard_check(&query_text, |_| None) {
+                    Ok(params) => params,
+                    Err(refusal) => {
+                        self.refuse_with("42501", &refusal.message);
+                        return Ok(());
+                    }
+                };
+                let plan = SqlPlan::of_statement(&query_text);
                 if let Some(feature) = plan.needs_session {
                     self.refuse_parse(&session_feature_message(feature));
                     return Ok(());
@@ -773,6 +793,7 @@ impl Session {
                             described: None,
                             stale: false,
                             needs_fresh_parse: false,
+                            tenant_params,
                         },
                     );
                     self.unnamed_parse = Some(msg.clone());
@@ -798,6 +819,7 @@ impl Session {
                             described: None,
                             stale: false,
                             needs_fresh_parse: false,
+                            tenant_params,
                         },
                     );
                     // Always parsed afresh, as PostgreSQL would for this client: a shared
@@ -822,6 +844,30 @@ impl Session {
                     Some(s) => (s.plan.clone(), s.shared.clone(), s.stale),
                     None => (SqlPlan::default(), None, false),
                 };
+                if let Some(st) = self
+                    .statements
+                    .get(stmt)
+                    .filter(|s| !s.tenant_params.is_empty())
+                {
+                    // Seed-style `set_config('app.current_tenant_id', $n, true)`: only the
+                    // client's own tenant may be bound.
+                    let own = self.tenant.as_str().as_bytes();
+                    let foreign = st
+                        .tenant_params
+                        .iter()
+                        .any(|&n| bind_parameter(tail, n) != Some(own));
+                    if foreign {
+                        self.stats.guard_refused(crate::guard::rule::TENANT_SETTING);
+                        let message = format!(
+                            "pgtenant refuses setting \"{}\" to a tenant other than the one of \
+                             this connection's token (guard rule \"{}\")",
+                            self.tenant_setting,
+                            crate::guard::rule::TENANT_SETTING
+                        );
+                        self.refuse_with("42501", &message);
+                        return Ok(());
+                    }
+                }
                 if let (Some(def), Some(told)) = (
                     shared.as_ref(),
                     self.statements.get(stmt).and_then(|s| s.described.as_ref()),
@@ -943,6 +989,14 @@ impl Session {
             }
             b'H' => self.push_client(msg, None),
             b'F' => {
+                let oid = body
+                    .get(..4)
+                    .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                if let Err(refusal) = self.guard.check_function_call(oid) {
+                    self.stats.guard_refused(refusal.rule);
+                    self.refuse_query("42501", &refusal.message, refusal.rule);
+                    return Ok(());
+                }
                 if self.needs_tenant() && self.status != b'E' {
                     self.inject_tenant();
                 }
@@ -984,12 +1038,28 @@ impl Session {
                 return Ok(());
             }
         }
-        let plan = match std::str::from_utf8(text) {
-            Ok(t) => SqlPlan::of_query(t),
-            // Not UTF-8 (a single-byte client encoding): scan what decodes; the splitting
-            // points only ever fall on ASCII bytes, so offsets stay valid.
-            Err(_) => SqlPlan::of_query(&String::from_utf8_lossy(text)),
+        let utf8 = std::str::from_utf8(text);
+        let lossy;
+        let text_str = match utf8 {
+            Ok(t) => t,
+            Err(_) => {
+                // Not UTF-8 (a single-byte client encoding): what matters to the scans is
+                // ASCII, which decoding keeps; byte offsets do not survive, so no splitting.
+                lossy = String::from_utf8_lossy(text);
+                &lossy
+            }
         };
+        if !self.trailing_reset_all_is_harmless(text_str) {
+            if let Err(refusal) = self.guard_check(text_str, |_| None) {
+                self.refuse_query("42501", &refusal.message, refusal.rule);
+                return Ok(());
+            }
+        }
+        let mut plan = SqlPlan::of_query(text_str);
+        if utf8.is_err() {
+            plan.splits.clear();
+            plan.begin_split = false;
+        }
         if let Some(feature) = plan.needs_session {
             let sql = raise_sql("0A000", &session_feature_message(feature));
             let mut q = BytesMut::new();
@@ -1046,6 +1116,83 @@ impl Session {
         }
         protocol::put_message(&mut self.to_server, b'Q', |b| protocol::put_cstr(b, &piece));
         self.expect.push(Expected::piece(self.pieces.is_empty()));
+        self.maybe_ended = true;
+    }
+
+    /// Runs the guard over client SQL. `param` gives the bytes bound to `$n` (none in a
+    /// simple Query). A seed-style setting of the tenant passes only with the client's own
+    /// tenant; a refusal is counted and returned.
+    fn guard_check<'p>(
+        &self,
+        sql: &str,
+        param: impl Fn(usize) -> Option<&'p [u8]>,
+    ) -> Result<Vec<usize>, crate::guard::Refusal> {
+        let refusal = match self.guard.check(sql) {
+            GuardVerdict::Allow => return Ok(Vec::new()),
+            GuardVerdict::AllowIfOwnTenant(values) => {
+                let mut params = Vec::new();
+                let mut foreign = false;
+                for v in values {
+                    match v {
+                        TenantValue::Param(n) => params.push(n),
+                        lit => foreign |= !lit.is_own_tenant(self.tenant.as_str(), &param),
+                    }
+                }
+                if !foreign {
+                    return Ok(params);
+                }
+                crate::guard::Refusal {
+                    rule: crate::guard::rule::TENANT_SETTING,
+                    message: format!(
+                        "pgtenant refuses setting \"{}\" to a tenant other than the one of \
+                         this connection's token (guard rule \"{}\")",
+                        self.tenant_setting,
+                        crate::guard::rule::TENANT_SETTING
+                    ),
+                }
+            }
+            GuardVerdict::Refuse(r) => r,
+        };
+        self.stats.guard_refused(refusal.rule);
+        tracing::warn!(client = self.id, tenant = %self.tenant, rule = refusal.rule, "guard refused a statement");
+        Err(refusal)
+    }
+
+    /// A query that ends with `RESET ALL` outside a transaction block (connection pools send
+    /// `…; RESET ALL` when a connection is returned): the reset clears the tenant only for
+    /// the rest of a transaction that ends right there, so it is allowed when everything
+    /// before it passes the guard. Its session effects are read back and reset like any SET.
+    fn trailing_reset_all_is_harmless(&self, text: &str) -> bool {
+        let end = text.trim_end_matches(|c: char| c == ';' || c.is_whitespace());
+        let ends_with_all = end
+            .len()
+            .checked_sub(3)
+            .and_then(|at| end.get(at..))
+            .is_some_and(|w| w.eq_ignore_ascii_case("all"));
+        if !ends_with_all || self.status != b'I' || !self.expect.only_proxy_setup() {
+            return false;
+        }
+        let Some(last) = sql::statements(text)
+            .filter(|s| s.kind != sql::StatementKind::Empty)
+            .last()
+        else {
+            return false;
+        };
+        if sql::session_command(last.text) != Some(SessionCommand::ResetAll) {
+            return false;
+        }
+        let before = &text[..last.start];
+        before.trim().is_empty() || matches!(self.guard.check(before), GuardVerdict::Allow)
+    }
+
+    /// Replaces the client's simple Query with one that makes PostgreSQL raise the error
+    /// (so an open transaction block is aborted as PostgreSQL would).
+    fn refuse_query(&mut self, sqlstate: &str, message: &str, _rule: &str) {
+        let sql = raise_sql(sqlstate, message);
+        let mut q = BytesMut::new();
+        protocol::put_message(&mut q, b'Q', |b| protocol::put_cstr(b, sql.as_bytes()));
+        self.push_client(q.freeze(), Some(Reply::Query));
+        self.unsynced = false;
         self.maybe_ended = true;
     }
 
@@ -1114,6 +1261,16 @@ impl Session {
                     return false;
                 }
                 b"DEALLOCATE"
+            }
+            Some(SessionCommand::ResetAll) if status == b'I' => {
+                // The client's session settings go back to its startup values; the tenant,
+                // set per transaction by pgtenant, is not a session setting.
+                self.params = self.startup_params.clone();
+                self.extra.clear();
+                if self.server.is_some() {
+                    self.reset_needed = true;
+                }
+                b"RESET"
             }
             Some(SessionCommand::DiscardAll) if status == b'I' => {
                 self.statements.clear();
@@ -1695,6 +1852,39 @@ fn build_injection(setting: &[u8], tenant: &[u8]) -> Bytes {
     b.freeze()
 }
 
+/// The bytes bound to parameter `$n` (1-based) in a Bind payload after the statement name
+/// (`tail`: format codes, then the values); `None` for NULL, a missing parameter or a
+/// malformed message.
+fn bind_parameter(tail: &[u8], n: usize) -> Option<&[u8]> {
+    let i16_at = |b: &[u8], at: usize| -> Option<usize> {
+        let v = i16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]);
+        usize::try_from(v).ok()
+    };
+    let formats = i16_at(tail, 0)?;
+    let mut at = 2 + 2 * formats;
+    let count = i16_at(tail, at)?;
+    at += 2;
+    if n == 0 || n > count {
+        return None;
+    }
+    for i in 1..=count {
+        let len = i32::from_be_bytes(tail.get(at..at + 4)?.try_into().ok()?);
+        at += 4;
+        if len < 0 {
+            if i == n {
+                return None;
+            }
+            continue;
+        }
+        let value = tail.get(at..at + len as usize)?;
+        if i == n {
+            return Some(value);
+        }
+        at += len as usize;
+    }
+    None
+}
+
 /// The columns of a DataRow payload as text (`None` for NULL or non-UTF-8).
 fn data_row_text(payload: &[u8]) -> impl Iterator<Item = Option<&str>> {
     let count = payload
@@ -1715,12 +1905,12 @@ fn data_row_text(payload: &[u8]) -> impl Iterator<Item = Option<&str>> {
     })
 }
 
-/// Cheap filter before [`sql::session_command`]: such statements start with `D`/`d`, or
-/// with a comment.
+/// Cheap filter before [`sql::session_command`]: such statements start with `D`/`d` or
+/// `R`/`r`, or with a comment.
 fn may_be_session_command(text: &[u8]) -> bool {
     text.iter()
         .find(|c| !c.is_ascii_whitespace())
-        .is_some_and(|c| matches!(c, b'd' | b'D' | b'/' | b'-'))
+        .is_some_and(|c| matches!(c, b'd' | b'D' | b'r' | b'R' | b'/' | b'-'))
 }
 
 /// A `DO` block that makes PostgreSQL raise `sqlstate` with `message` (pgtenant's own text,

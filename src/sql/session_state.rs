@@ -292,6 +292,8 @@ pub enum SessionCommand {
     DeallocateAll,
     /// `DISCARD ALL`.
     DiscardAll,
+    /// `RESET ALL`.
+    ResetAll,
 }
 
 /// Recognises a single statement that is one of [`SessionCommand`]; `None` otherwise.
@@ -303,7 +305,13 @@ pub fn session_command(sql: &str) -> Option<SessionCommand> {
     let first = toks.next()?;
     let word = |t: &super::lexer::Token| (t.kind == TokenKind::Word).then(|| &b[t.start..t.end]);
     let first = word(&first)?;
-    let cmd = if eq(first, b"discard") {
+    let cmd = if eq(first, b"reset") {
+        let second = toks.next()?;
+        if !word(&second).is_some_and(|w| eq(w, b"all")) {
+            return None;
+        }
+        SessionCommand::ResetAll
+    } else if eq(first, b"discard") {
         let second = toks.next()?;
         if !word(&second).is_some_and(|w| eq(w, b"all")) {
             return None;
@@ -362,6 +370,11 @@ mod session_command_tests {
             Some(SessionCommand::DiscardAll)
         );
         assert_eq!(session_command("DISCARD PLANS"), None);
+        assert_eq!(
+            session_command("reset all;"),
+            Some(SessionCommand::ResetAll)
+        );
+        assert_eq!(session_command("RESET search_path"), None);
         assert_eq!(session_command("DEALLOCATE a; SELECT 1"), None);
         assert_eq!(session_command("SELECT 1"), None);
     }

@@ -1049,11 +1049,14 @@ impl Session {
                 &lossy
             }
         };
-        if !self.trailing_reset_all_is_harmless(text_str) {
-            if let Err(refusal) = self.guard_check(text_str, |_| None) {
-                self.refuse_query("42501", &refusal.message, refusal.rule);
-                return Ok(());
-            }
+        let guarded = if self.trailing_reset_all_is_harmless(text_str) {
+            Ok(Vec::new())
+        } else {
+            self.guard_check(text_str, |_| None)
+        };
+        if let Err(refusal) = guarded {
+            self.refuse_query("42501", &refusal.message, refusal.rule);
+            return Ok(());
         }
         let mut plan = SqlPlan::of_query(text_str);
         if utf8.is_err() {

@@ -444,7 +444,12 @@ async fn function_call_of_large_object_functions_is_forwarded_and_others_refused
     // Inside a transaction block a refused call aborts the block, as an error there would.
     assert_eq!(status(&client.simple("BEGIN").await), b'T');
     let mut buf = BytesMut::new();
-    function_call(&mut buf, set_config, &[FnArg::Int4(1)], 0);
+    let forged = [
+        FnArg::Text("app.current_tenant_id"),
+        FnArg::Text(TENANT_ACME),
+        FnArg::Text("true"),
+    ];
+    function_call(&mut buf, set_config, &forged, 0);
     client.send(&buf).await;
     let replies = client.until_ready().await;
     assert_eq!(status(&replies), b'E');

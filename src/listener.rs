@@ -47,7 +47,7 @@ pub async fn serve(
     shutdown: CancellationToken,
     drain: Duration,
 ) -> Result<(), RunError> {
-    let shared = Shared::new(config)?;
+    let shared = Shared::new(config, shutdown.clone())?;
     let tracker = TaskTracker::new();
 
     let maintenance = {

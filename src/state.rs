@@ -24,6 +24,9 @@ pub struct Shared {
     pub stats: Arc<crate::stats::Stats>,
     /// Refuses client SQL that would change or bypass the tenant setting.
     pub guard: Arc<crate::guard::Guard>,
+    /// Cancelled when the proxy shuts down: idle clients are closed, clients in a
+    /// transaction are closed when it ends.
+    pub shutdown: tokio_util::sync::CancellationToken,
     next_client_id: AtomicU64,
 }
 
@@ -37,7 +40,10 @@ pub enum StateError {
 }
 
 impl Shared {
-    pub fn new(config: Arc<Config>) -> Result<Arc<Shared>, StateError> {
+    pub fn new(
+        config: Arc<Config>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<Arc<Shared>, StateError> {
         let verifier =
             TokenVerifier::new(&config.auth).map_err(|e| StateError::Verifier(e.to_string()))?;
         let g = &config.general;
@@ -73,6 +79,7 @@ impl Shared {
             cancels: Default::default(),
             stats,
             guard,
+            shutdown,
             next_client_id: AtomicU64::new(1),
         }))
     }

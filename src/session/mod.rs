@@ -217,6 +217,7 @@ struct Session {
     tracker: ClientTracker,
     guard: Arc<Guard>,
     stats: Arc<Stats>,
+    shutdown: tokio_util::sync::CancellationToken,
     /// When the current transaction got its server.
     xact_started: Option<Instant>,
 }
@@ -241,6 +242,7 @@ struct ClientStatement {
 }
 
 enum Event {
+    Shutdown,
     ClientReadable(std::io::Result<()>),
     ServerReadable(std::io::Result<()>),
     ClientWritable(std::io::Result<()>),
@@ -304,6 +306,7 @@ impl Session {
             xact_started: None,
             guard: Arc::clone(&shared.guard),
             stats: Arc::clone(&shared.stats),
+            shutdown: shared.shutdown.clone(),
             cancel_pid: l.cancel_pid,
             cancel: l.cancel,
         }
@@ -333,8 +336,13 @@ impl Session {
             let idle_timeout = self.idle_transaction_timeout.filter(|_| idle_in_txn);
             let server_stream = self.server.as_ref().map(Checkout::stream);
             let client = &self.client;
+            // Shutting down: a client between transactions is closed now; one in a
+            // transaction finishes it first.
+            let idle_client = self.server.is_none() && self.to_client.is_empty();
+            let shutdown = &self.shutdown;
             let event = tokio::select! {
                 biased;
+                _ = shutdown.cancelled(), if idle_client => Event::Shutdown,
                 r = client.writable(), if !self.to_client.is_empty() => Event::ClientWritable(r),
                 r = writable(server_stream), if !self.to_server.is_empty() => Event::ServerWritable(r),
                 r = readable(server_stream), if want_server => Event::ServerReadable(r),
@@ -342,6 +350,12 @@ impl Session {
                 _ = sleep_opt(idle_timeout) => Event::IdleTransactionTimeout,
             };
             match event {
+                Event::Shutdown => {
+                    return Err(SessionError::client(
+                        "57P01",
+                        "terminating connection due to administrator command (pgtenant is shutting down)",
+                    ));
+                }
                 Event::ClientWritable(r) => {
                     r.map_err(SessionError::ClientIo)?;
                     write_some(&self.client, &mut self.to_client)

@@ -1,0 +1,65 @@
+//! Graceful shutdown: on SIGTERM pgtenant stops accepting, closes clients that are between
+//! transactions with 57P01, lets a transaction in flight finish, then exits.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+#[tokio::test]
+async fn sigterm_lets_a_transaction_in_flight_finish_and_closes_idle_clients() {
+    let db = TestDb::new();
+    let mut proxy = Proxy::start(ProxyConfig::for_db(&db).general("default_pool_size", 2));
+    let busy = proxy.connect(&token_for(TENANT_ACME)).await.unwrap();
+    let idle = proxy.connect(&token_for(TENANT_GLOBEX)).await.unwrap();
+    busy.batch_execute("BEGIN").await.unwrap();
+    busy.batch_execute(
+        "INSERT INTO invoices (tenant_id, amount, status) \
+         VALUES (current_setting('app.current_tenant_id')::uuid, 1, 'drain-test')",
+    )
+    .await
+    .unwrap();
+
+    proxy.signal(libc::SIGTERM);
+
+    // The idle client is told why and closed.
+    let mut closed = false;
+    for _ in 0..50 {
+        if idle.is_closed() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(closed, "the idle client was not closed on shutdown");
+
+    // No new connections are accepted.
+    let mut refused = false;
+    for _ in 0..50 {
+        if proxy.connect(&token_for(TENANT_GLOBEX)).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "new connections still accepted after SIGTERM");
+
+    // The transaction in flight goes on and commits.
+    assert_eq!(invoice_count(&busy).await, ACME_INVOICES + 1);
+    busy.batch_execute("COMMIT").await.unwrap();
+    let committed = db.psql("SELECT count(*) FROM invoices WHERE status = 'drain-test'");
+    assert_eq!(committed.trim(), "1");
+
+    // Then the proxy exits by itself.
+    let mut exited = None;
+    for _ in 0..100 {
+        if let Some(status) = proxy.try_exit_status() {
+            exited = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = exited.expect("the proxy did not exit after its last transaction ended");
+    assert!(status.success(), "exit status {status}");
+}

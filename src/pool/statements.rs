@@ -23,6 +23,9 @@ pub struct StmtDef {
     pub parse: Bytes,
 }
 
+/// Distinct statements remembered before unused ones are forgotten.
+const MAX_REGISTERED: usize = 50_000;
+
 /// The server-side name of shared statement `id`.
 pub fn server_name(id: u64) -> String {
     format!("pgt_{id}")
@@ -41,6 +44,12 @@ impl StatementRegistry {
         let mut map = self.by_body.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(def) = map.get(body) {
             return Arc::clone(def);
+        }
+        if map.len() >= MAX_REGISTERED {
+            // Forget statements no client holds any more (servers close theirs through
+            // their own LRU; an id is never reused), so distinct query texts cannot grow
+            // this map without bound.
+            map.retain(|_, def| Arc::strong_count(def) > 1);
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let name = server_name(id);

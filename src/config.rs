@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -77,6 +77,21 @@ pub struct General {
     pub workers: usize,
     pub log_connections: bool,
     pub log_disconnections: bool,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `None` = no metrics listener.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Tenants with their own series in `/metrics` (the most transactions); the rest are
+    /// summed as `tenant="other"`.
+    pub top_tenants: usize,
+    /// Who may log in to the admin console (`database=pgtenant`) with a password.
+    pub admin_users: Vec<AdminUser>,
+}
+
+/// An admin console login, TOML `[[pgtenant.admin_users]]`.
+#[derive(Debug, Clone)]
+pub struct AdminUser {
+    pub user: String,
+    /// `password` | `password_env` | `password_file`, exactly one.
+    pub password: Secret,
 }
 
 impl Default for General {
@@ -103,6 +118,9 @@ impl Default for General {
             workers: 0,
             log_connections: true,
             log_disconnections: true,
+            metrics_listen: None,
+            top_tenants: 20,
+            admin_users: Vec::new(),
         }
     }
 }
@@ -170,6 +188,8 @@ pub struct AuthConfig {
     /// Dotted path into the claims, e.g. `app_metadata.tenant_id`.
     pub tenant_claim: String,
     pub tenant_format: TenantFormat,
+    /// Dotted path to a claim that, when `true`, makes a valid token an admin console login.
+    pub admin_claim: Option<String>,
 }
 
 /// What a valid tenant id looks like.
@@ -272,7 +292,7 @@ impl Config {
         })?;
 
         let general = match general {
-            Some(t) => parse_general(Table::open("pgtenant".into(), t, GENERAL_KEYS)?)?,
+            Some(t) => parse_general(Table::open("pgtenant".into(), t, GENERAL_KEYS)?, &sources)?,
             None => General::default(),
         };
         let auth = parse_auth(Table::open("auth".into(), auth, AUTH_KEYS)?, &sources)?;
@@ -669,7 +689,12 @@ const GENERAL_KEYS: &[&str] = &[
     "workers",
     "log_connections",
     "log_disconnections",
+    "metrics_listen",
+    "top_tenants",
+    "admin_users",
 ];
+
+const ADMIN_USER_KEYS: &[&str] = &["user", "password", "password_env", "password_file"];
 
 const AUTH_KEYS: &[&str] = &[
     "algorithm",
@@ -684,6 +709,7 @@ const AUTH_KEYS: &[&str] = &[
     "tenant_claim",
     "tenant_format",
     "tenant_pattern",
+    "admin_claim",
 ];
 
 const DATABASE_KEYS: &[&str] = &[
@@ -699,7 +725,7 @@ const DATABASE_KEYS: &[&str] = &[
     "tenant_seal",
 ];
 
-fn parse_general(mut t: Table) -> Result<General, ConfigError> {
+fn parse_general(mut t: Table, sources: &SecretSources<'_>) -> Result<General, ConfigError> {
     let d = General::default();
     let listen_addr = t.non_empty_string("listen_addr")?.unwrap_or(d.listen_addr);
     check_listen_addr(&listen_addr).map_err(|p| ConfigError::invalid(t.key("listen_addr"), p))?;
@@ -763,6 +789,19 @@ fn parse_general(mut t: Table) -> Result<General, ConfigError> {
     let workers = t.usize("workers", 0, 1024, d.workers)?;
     let log_connections = t.bool("log_connections", d.log_connections)?;
     let log_disconnections = t.bool("log_disconnections", d.log_disconnections)?;
+    let metrics_listen = match t.non_empty_string("metrics_listen")? {
+        None => None,
+        Some(addr) => Some(addr.parse::<SocketAddr>().map_err(|_| {
+            ConfigError::invalid(
+                t.key("metrics_listen"),
+                format!(
+                    "{addr:?} is not an address and port; expected e.g. \"127.0.0.1:9930\" or \"[::1]:9930\""
+                ),
+            )
+        })?),
+    };
+    let top_tenants = t.usize("top_tenants", 0, 10_000, d.top_tenants)?;
+    let admin_users = parse_admin_users(&mut t, sources)?;
     t.done();
     Ok(General {
         listen_addr,
@@ -786,7 +825,58 @@ fn parse_general(mut t: Table) -> Result<General, ConfigError> {
         workers,
         log_connections,
         log_disconnections,
+        metrics_listen,
+        top_tenants,
+        admin_users,
     })
+}
+
+/// `admin_users = [{ user = "...", password_env = "..." }, ...]`: unique, non-empty names,
+/// each with exactly one password source.
+fn parse_admin_users(
+    t: &mut Table,
+    sources: &SecretSources<'_>,
+) -> Result<Vec<AdminUser>, ConfigError> {
+    let key = t.key("admin_users");
+    let entries = match t.take("admin_users") {
+        None => return Ok(Vec::new()),
+        Some(toml::Value::Array(a)) => a,
+        Some(other) => return Err(t.wrong_type("admin_users", "an array of tables", &other)),
+    };
+    let mut users: Vec<AdminUser> = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.into_iter().enumerate() {
+        let path = format!("{key}[{i}]");
+        let toml::Value::Table(entry) = entry else {
+            return Err(ConfigError::invalid(
+                path,
+                format!(
+                    "expected a table like {{ user = \"admin\", password_env = \"VAR\" }}, found {}",
+                    type_name(&entry)
+                ),
+            ));
+        };
+        let mut e = Table::open(path, entry, ADMIN_USER_KEYS)?;
+        let user = e
+            .non_empty_string("user")?
+            .ok_or_else(|| missing(&e.key("user")))?;
+        if users.iter().any(|u| u.user == user) {
+            return Err(ConfigError::invalid(
+                e.key("user"),
+                format!("admin user {user:?} is listed twice"),
+            ));
+        }
+        let password = e
+            .secret("password", "password_env", "password_file", sources)?
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    e.key("password"),
+                    "an admin user needs one of password, password_env, password_file",
+                )
+            })?;
+        e.done();
+        users.push(AdminUser { user, password });
+    }
+    Ok(users)
 }
 
 fn check_listen_addr(addr: &str) -> Result<(), String> {
@@ -851,6 +941,15 @@ fn parse_auth(mut t: Table, sources: &SecretSources<'_>) -> Result<AuthConfig, C
             format!(
                 "{tenant_claim:?} has an empty path segment; expected e.g. \"app_metadata.tenant_id\""
             ),
+        ));
+    }
+    let admin_claim = t.non_empty_string("admin_claim")?;
+    if let Some(claim) = &admin_claim
+        && claim.split('.').any(str::is_empty)
+    {
+        return Err(ConfigError::invalid(
+            t.key("admin_claim"),
+            format!("{claim:?} has an empty path segment; expected e.g. \"pgtenant_admin\""),
         ));
     }
     let format_key = t.key("tenant_format");
@@ -955,6 +1054,7 @@ fn parse_auth(mut t: Table, sources: &SecretSources<'_>) -> Result<AuthConfig, C
         leeway,
         tenant_claim,
         tenant_format,
+        admin_claim,
     })
 }
 
@@ -1081,6 +1181,107 @@ mod tests {
     fn secret_never_appears_in_debug_output() {
         let c = load(&minimal("")).unwrap();
         assert!(!format!("{c:?}").contains(SECRET));
+    }
+
+    #[test]
+    fn operator_keys_default_to_off_and_twenty_tenants() {
+        let g = load(&minimal("")).unwrap().general;
+        assert_eq!(g.metrics_listen, None);
+        assert_eq!(g.top_tenants, 20);
+        assert!(g.admin_users.is_empty());
+        assert_eq!(load(&minimal("")).unwrap().auth.admin_claim, None);
+    }
+
+    #[test]
+    fn metrics_listen_must_be_an_address_and_port() {
+        let c = load(&minimal("metrics_listen = \"127.0.0.1:9930\"")).unwrap();
+        assert_eq!(
+            c.general.metrics_listen,
+            Some("127.0.0.1:9930".parse().unwrap())
+        );
+        for bad in ["127.0.0.1", "localhost:9930", ":9930", "9930"] {
+            let err = load(&minimal(&format!("metrics_listen = {bad:?}"))).unwrap_err();
+            assert_eq!(err.key(), Some("pgtenant.metrics_listen"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn admin_users_take_a_password_from_one_source_and_never_show_it() {
+        let toml = minimal(
+            "admin_users = [{ user = \"ops\", password = \"hunter2hunter2\" }, \
+             { user = \"ci\", password_env = \"CI_ADMIN_PW\" }]",
+        );
+        let c = Config::from_toml_str_with_env(&toml, Path::new("."), |name| {
+            (name == "CI_ADMIN_PW").then(|| "from-env".to_owned())
+        })
+        .unwrap();
+        let users = &c.general.admin_users;
+        assert_eq!(users.len(), 2);
+        assert_eq!(
+            (users[0].user.as_str(), users[0].password.expose()),
+            ("ops", "hunter2hunter2")
+        );
+        assert_eq!(users[1].password.expose(), "from-env");
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn admin_users_without_password_or_listed_twice_are_refused() {
+        let cases = [
+            (
+                "admin_users = [{ user = \"ops\" }]",
+                "pgtenant.admin_users[0].password",
+            ),
+            (
+                "admin_users = [{ user = \"ops\", password = \"a\" }, { user = \"ops\", password = \"b\" }]",
+                "pgtenant.admin_users[1].user",
+            ),
+            (
+                "admin_users = [{ password = \"a\" }]",
+                "pgtenant.admin_users[0].user",
+            ),
+            (
+                "admin_users = [{ user = \"ops\", password = \"a\", role = \"x\" }]",
+                "pgtenant.admin_users[0].role",
+            ),
+            ("admin_users = \"ops\"", "pgtenant.admin_users"),
+        ];
+        for (line, key) in cases {
+            let err = load(&minimal(line)).unwrap_err();
+            assert_eq!(err.key(), Some(key), "{line}: {err}");
+            assert!(!err.to_string().contains("\"a\""), "{err}");
+        }
+    }
+
+    #[test]
+    fn top_tenants_is_bounded_and_admin_claim_is_a_claim_path() {
+        assert_eq!(
+            load(&minimal("top_tenants = 0"))
+                .unwrap()
+                .general
+                .top_tenants,
+            0
+        );
+        let err = load(&minimal("top_tenants = 20000")).unwrap_err();
+        assert_eq!(err.key(), Some("pgtenant.top_tenants"));
+        let with_claim = |claim: &str| {
+            load(&format!(
+                "[auth]\nalgorithm = \"HS256\"\nsecret = \"{SECRET}\"\nadmin_claim = {claim:?}\n\
+                 [databases.app]\nhost = \"localhost\"\nuser = \"api_user\"\n"
+            ))
+        };
+        assert_eq!(
+            with_claim("roles.pgtenant_admin")
+                .unwrap()
+                .auth
+                .admin_claim
+                .as_deref(),
+            Some("roles.pgtenant_admin")
+        );
+        assert_eq!(
+            with_claim("roles..admin").unwrap_err().key(),
+            Some("auth.admin_claim")
+        );
     }
 
     #[test]

@@ -15,8 +15,11 @@
 //!   (SCRAM/MD5/cleartext login, role check, the injection statement).
 //! - [`config`]: TOML configuration with PgBouncer's names; [`state`]: what every
 //!   connection shares.
+//! - [`metrics`] (`/metrics`, `/healthz`, `/readyz`) and [`admin`] (the `pgtenant` console
+//!   database): what operators see, both read from [`stats`] through [`admin::snapshot`].
 //! - [`cluster`] and [`demo`]: a throwaway local PostgreSQL for `pgtenant demo` and tests.
 
+pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod cancel;
@@ -25,6 +28,7 @@ pub mod config;
 pub mod demo;
 pub mod guard;
 pub mod listener;
+pub mod metrics;
 pub mod pool;
 pub mod protocol;
 pub mod server;

@@ -1,5 +1,6 @@
 //! The accept loop: binds the listening socket, enforces `max_client_conn`, spawns one task
-//! per client, runs pool maintenance, and stops on shutdown.
+//! per client, runs pool maintenance and (with `metrics_listen`) the metrics listener, and
+//! stops on shutdown.
 //!
 //! This module owns the process-level lifecycle of connections. It never reads client
 //! traffic itself beyond handing the socket to a session.
@@ -26,6 +27,8 @@ pub enum RunError {
     },
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 /// Binds the configured address.
@@ -49,6 +52,14 @@ pub async fn serve(
 ) -> Result<(), RunError> {
     let shared = Shared::new(config, shutdown.clone())?;
     let tracker = TaskTracker::new();
+    crate::admin::snapshot::register_start_time(&shared)
+        .map_err(crate::metrics::MetricsError::from)?;
+    let metrics = match shared.config.general.metrics_listen {
+        Some(addr) => {
+            Some(crate::metrics::start(addr, Arc::clone(&shared), shutdown.clone()).await?)
+        }
+        None => None,
+    };
 
     let maintenance = {
         let shared = Arc::clone(&shared);
@@ -96,6 +107,9 @@ pub async fn serve(
         tracing::warn!("shutdown: clients still connected after the drain timeout; closing them");
     }
     maintenance.abort();
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     for pool in shared.pools.values() {
         pool.close().await;
     }

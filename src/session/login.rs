@@ -38,7 +38,13 @@ pub struct LoggedIn {
 
 pub enum LoginOutcome {
     Session(Box<LoggedIn>),
-    Cancel { pid: i32, secret: i32 },
+    Cancel {
+        pid: i32,
+        secret: i32,
+    },
+    /// An admin logged in to the admin console (`database=pgtenant`): hand the connection
+    /// to [`crate::admin::serve`].
+    Admin(Box<crate::admin::auth::AdminLogin>),
 }
 
 /// Why a login ended without a session. `Refused` carries what the client is told.
@@ -111,6 +117,9 @@ pub async fn login(
         ));
     }
     let request = ClientRequest::from_startup(&params, shared)?;
+    if crate::admin::auth::is_admin_database(shared, &request.database) {
+        return admin_login(stream, peer, shared, request, out).await;
+    }
     let pool = shared
         .pools
         .get(&request.database)
@@ -178,6 +187,44 @@ pub async fn login(
         cancel_pid,
         cancel,
     })))
+}
+
+/// The admin console's login: the same plaintext rule as for tenant tokens, then an admin
+/// password or admin-claim token (see [`crate::admin::auth`]).
+async fn admin_login(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    request: ClientRequest,
+    out: &mut BytesMut,
+) -> Result<LoginOutcome, LoginError> {
+    if !is_loopback(peer) && !shared.config.general.allow_plaintext_token {
+        return Err(LoginError::refused(
+            "28000",
+            "plaintext_token",
+            "admin credentials are not accepted over an unencrypted connection from a \
+             non-loopback address (set allow_plaintext_token = true to allow it)",
+        ));
+    }
+    let secret = match request.token {
+        Some(t) => t,
+        None => {
+            messages::auth_cleartext_password(out);
+            stream.write_all(out).await?;
+            out.clear();
+            read_password(stream).await?
+        }
+    };
+    let admin = crate::admin::auth::authenticate(shared, &request.user, &secret).map_err(|e| {
+        LoginError::Refused {
+            sqlstate: e.sqlstate(),
+            message: e.to_string(),
+            reason: e.reason(),
+        }
+    })?;
+    drop(secret);
+    crate::admin::write_welcome(out);
+    Ok(LoginOutcome::Admin(Box::new(admin)))
 }
 
 /// Whether a peer address is this machine's loopback (also as an IPv4-mapped IPv6 address):

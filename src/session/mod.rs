@@ -112,6 +112,10 @@ pub async fn serve_client(
             return;
         }
         Ok(Ok(LoginOutcome::Session(l))) => l,
+        Ok(Ok(LoginOutcome::Admin(admin))) => {
+            crate::admin::serve(stream, peer, client_id, shared, *admin, out).await;
+            return;
+        }
         Ok(Err(LoginError::Refused {
             sqlstate,
             message,

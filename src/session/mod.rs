@@ -755,7 +755,8 @@ impl Session {
             return false;
         }
         let plan = SqlPlan::of_statement(&String::from_utf8_lossy(query));
-        if plan.needs_session.is_some() || !self.guard_allows_parse(query) {
+        if plan.needs_session.is_some() || plan.executes_prepared || !self.guard_allows_parse(query)
+        {
             return false;
         }
         let def = self.pool.statements.register(rest);
@@ -798,6 +799,11 @@ impl Session {
                     }
                 };
                 let plan = SqlPlan::of_statement(&query_text);
+                if plan.executes_prepared {
+                    self.stats.guard_refused(SQL_EXECUTE_RULE);
+                    self.refuse_with("42501", &sql_execute_message());
+                    return Ok(());
+                }
                 if let Some(feature) = plan.needs_session {
                     self.refuse_parse(&session_feature_message(feature));
                     return Ok(());
@@ -860,6 +866,17 @@ impl Session {
                 let (stmt, tail) = split_cstr(rest)?;
                 let (plan, shared, mut stale) = match self.statements.get(stmt) {
                     Some(s) => (s.plan.clone(), s.shared.clone(), s.stale),
+                    None if !stmt.is_empty() => {
+                        // Only the client's own statements: names on the server (pgtenant's
+                        // injection, shared statements) are never reachable by a client.
+                        self.refuse_unknown_statement(stmt);
+                        return Ok(());
+                    }
+                    None if self.unnamed_parse.is_none() && !self.unnamed_on_server => {
+                        // Never another client's unnamed statement left on the server.
+                        self.refuse_with("26000", "unnamed prepared statement does not exist");
+                        return Ok(());
+                    }
                     None => (SqlPlan::default(), None, false),
                 };
                 if let Some(st) = self
@@ -957,10 +974,12 @@ impl Session {
                                 .push(Expected::client(Reply::DescribeStatement).with_stmt(def.id));
                             self.unsynced = true;
                         }
+                        None if !name.is_empty() => {
+                            self.refuse_unknown_statement(name);
+                            return Ok(());
+                        }
                         None => {
-                            if name.is_empty() {
-                                self.ensure_unnamed();
-                            }
+                            self.ensure_unnamed();
                             self.push_client(msg, Some(Reply::DescribeStatement));
                         }
                     }
@@ -1080,6 +1099,11 @@ impl Session {
         if utf8.is_err() {
             plan.splits.clear();
             plan.begin_split = false;
+        }
+        if plan.executes_prepared {
+            self.stats.guard_refused(SQL_EXECUTE_RULE);
+            self.refuse_query("42501", &sql_execute_message(), SQL_EXECUTE_RULE);
+            return Ok(());
         }
         if let Some(feature) = plan.needs_session {
             let sql = raise_sql("0A000", &session_feature_message(feature));
@@ -1203,7 +1227,11 @@ impl Session {
             return false;
         }
         let before = &text[..last.start];
-        before.trim().is_empty() || matches!(self.guard.check(before), GuardVerdict::Allow)
+        // Not when the query opens a block: the reset would then clear the tenant of a
+        // transaction that goes on.
+        let opens_block = sql::statements(before).any(|st| st.kind == sql::StatementKind::Begin);
+        !opens_block
+            && (before.trim().is_empty() || matches!(self.guard.check(before), GuardVerdict::Allow))
     }
 
     /// Replaces the client's simple Query with one that makes PostgreSQL raise the error
@@ -1223,6 +1251,16 @@ impl Session {
     /// client's own statement is never created.
     fn refuse_parse(&mut self, message: &str) {
         self.refuse_with("0A000", message);
+    }
+
+    /// A Bind or Describe of a statement name the client never prepared: PostgreSQL's 26000,
+    /// without the name ever reaching the server.
+    fn refuse_unknown_statement(&mut self, name: &[u8]) {
+        let message = format!(
+            "prepared statement \"{}\" does not exist",
+            String::from_utf8_lossy(name)
+        );
+        self.refuse_with("26000", &message);
     }
 
     /// Makes PostgreSQL raise `sqlstate`/`message` as the reply to the client's current
@@ -1279,7 +1317,22 @@ impl Session {
             }
             Some(SessionCommand::Deallocate(name)) => {
                 if self.statements.remove(name.as_bytes()).is_none() {
-                    return false;
+                    // Never forwarded: server-side names are pgtenant's (its own statements
+                    // and the shared ones), not the client's.
+                    let message = format!("prepared statement \"{name}\" does not exist");
+                    if self.server.is_some() {
+                        self.refuse_query("26000", &message, "deallocate");
+                    } else {
+                        messages::error_response(
+                            &mut self.to_client,
+                            Severity::Error,
+                            "26000",
+                            &message,
+                            None,
+                        );
+                        messages::ready_for_query(&mut self.to_client, status);
+                    }
+                    return true;
                 }
                 b"DEALLOCATE"
             }
@@ -1948,6 +2001,17 @@ fn raise_sql(sqlstate: &str, message: &str) -> String {
     }
     sql.push_str("'; END$pgtenant$");
     sql
+}
+
+/// Guard rule for SQL `EXECUTE` of a prepared statement.
+const SQL_EXECUTE_RULE: &str = "sql-execute";
+
+fn sql_execute_message() -> String {
+    format!(
+        "pgtenant refuses SQL EXECUTE of prepared statements: statement names on the server \
+         belong to pgtenant; use the protocol's Bind with your own statement names (guard \
+         rule \"{SQL_EXECUTE_RULE}\")"
+    )
 }
 
 fn session_feature_message(feature: &str) -> String {

@@ -32,6 +32,8 @@ pub struct SqlPlan {
     /// Some statement uses a feature that needs a dedicated server session (LISTEN,
     /// session advisory locks, WITH HOLD cursors, temporary tables, SQL PREPARE).
     pub needs_session: Option<&'static str>,
+    /// Some statement runs a prepared statement with SQL `EXECUTE`.
+    pub executes_prepared: bool,
     /// Byte offsets just after each transaction-ending statement that is followed by more
     /// statements: the query is split there so that each part gets the tenant.
     pub splits: Vec<usize>,
@@ -114,6 +116,7 @@ impl SqlPlan {
         let fx = sql::session_effects(text);
         self.changes_session = fx.changes_settings;
         self.needs_session = fx.needs_session;
+        self.executes_prepared = fx.executes_prepared;
     }
 
     fn note(&mut self, kind: &StatementKind) {

@@ -20,6 +20,10 @@ pub struct SessionEffects {
     pub changes_settings: bool,
     /// Some statement needs a dedicated server session; names the feature.
     pub needs_session: Option<&'static str>,
+    /// Some statement runs a prepared statement by name with SQL `EXECUTE` (also inside
+    /// `EXPLAIN` or `CREATE TABLE … AS`): server-side names are pgtenant's, not the
+    /// client's, so this is refused.
+    pub executes_prepared: bool,
 }
 
 /// True when `sql` (one or more statements) may change session-level settings.
@@ -35,6 +39,7 @@ pub fn session_effects(sql: &str) -> SessionEffects {
         needs_session: contains_word_part(b, b"advisory_lock").then_some(
             "session-level advisory locks (pg_advisory_lock; pg_advisory_xact_lock works)",
         ),
+        executes_prepared: false,
     };
     // Without a `;` there is one statement: stop as soon as its leading words decided.
     let single = !b.contains(&b';');
@@ -64,16 +69,27 @@ struct StatementWords<'a> {
     /// Inside `DECLARE …` before `FOR`: whether the previous word was WITH.
     declare_saw_with: bool,
     decided: bool,
+    /// `EXPLAIN …`/`CREATE …`: look for an inner `EXECUTE` to the end of the statement.
+    scan_for_execute: bool,
 }
 
 impl<'a> StatementWords<'a> {
     /// Feeds the next token (`None` for a non-word). Returns false once nothing more about
     /// this statement can change the answer.
     fn feed(&mut self, word: Option<&'a [u8]>, fx: &mut SessionEffects) -> bool {
+        if self.scan_for_execute && word.is_some_and(|w| eq(w, b"execute")) {
+            fx.executes_prepared = true;
+            self.scan_for_execute = false;
+        }
         if self.decided {
-            return false;
+            return self.scan_for_execute;
         }
         self.count += 1;
+        let undecided = self.feed_leading(word, fx);
+        undecided || self.scan_for_execute
+    }
+
+    fn feed_leading(&mut self, word: Option<&'a [u8]>, fx: &mut SessionEffects) -> bool {
         match self.count {
             1 => {
                 self.first = word;
@@ -81,6 +97,13 @@ impl<'a> StatementWords<'a> {
                     self.decided = true;
                 }
                 if let Some(w) = word {
+                    if eq(w, b"execute") {
+                        fx.executes_prepared = true;
+                        self.decided = true;
+                    } else if eq(w, b"explain") || eq(w, b"create") {
+                        // Scanned to the end for an inner EXECUTE (below).
+                        self.scan_for_execute = true;
+                    }
                     if eq(w, b"listen") {
                         fx.needs_session = Some("LISTEN");
                         self.decided = true;
@@ -248,6 +271,26 @@ mod tests {
         ] {
             let got = session_effects(sql).needs_session;
             assert!(got.is_some_and(|g| g.contains(feature)), "{sql}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn sql_execute_of_prepared_statements_is_noticed() {
+        for sql in [
+            "EXECUTE pgt_1('x')",
+            "execute __pgtenant_set_tenant('app.current_tenant_id', 'x'); SELECT 1",
+            "EXPLAIN ANALYZE EXECUTE pgt_1('x')",
+            "CREATE TABLE t AS EXECUTE pgt_1('x')",
+            "SELECT 1; EXPLAIN EXECUTE q",
+        ] {
+            assert!(session_effects(sql).executes_prepared, "{sql}");
+        }
+        for sql in [
+            "SELECT 'EXECUTE x'",
+            "EXPLAIN SELECT 1",
+            "CREATE TABLE t (a int)",
+        ] {
+            assert!(!session_effects(sql).executes_prepared, "{sql}");
         }
     }
 

@@ -392,13 +392,19 @@ async fn readyz_fails_while_the_proxy_drains_and_metrics_stay_up() {
     let client = proxy.connect(&token_for(TENANT_ACME)).await.unwrap();
     client.simple_query("SELECT 1").await.unwrap();
     get_until(port, "/readyz", 200).await;
+    // A transaction in flight keeps the drain going (idle clients are closed at once).
+    client.batch_execute("BEGIN; SELECT 1").await.unwrap();
 
     proxy.signal(libc::SIGTERM);
     let body = get_until(port, "/readyz", 503).await;
     assert!(body.contains("shutting down"), "{body}");
     assert_eq!(get(port, "/healthz").await.0, 200);
-    assert_eq!(scrape(port).await.value("pgtenant_clients_idle", &[]), 1.0);
+    assert_eq!(
+        scrape(port).await.value("pgtenant_clients_active", &[]),
+        1.0
+    );
 
+    client.batch_execute("COMMIT").await.unwrap();
     drop(client);
     let status = tokio::task::spawn_blocking(move || proxy.wait())
         .await

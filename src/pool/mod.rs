@@ -67,9 +67,40 @@ impl PoolError {
 }
 
 enum Grant {
-    Conn(Box<ServerConn>),
+    /// A server connection, already wrapped so that dropping the grant anywhere (a waiter
+    /// that gave up, a cancelled checkout) closes it and frees its slot.
+    Conn(Box<Checkout>),
     /// Permission to open one new connection; `total` already counts it.
-    Slot,
+    Slot(Slot),
+}
+
+/// A slot counted in `total` with no connection in it yet. Dropped unused (the connect
+/// failed, the checkout was cancelled), it is given back.
+struct Slot {
+    pool: Arc<Pool>,
+    armed: bool,
+}
+
+impl Slot {
+    fn new(pool: &Arc<Pool>) -> Slot {
+        Slot {
+            pool: Arc::clone(pool),
+            armed: true,
+        }
+    }
+
+    /// The slot now holds a connection (or was handed on): nothing to give back.
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.armed {
+            self.pool.give_back_slot();
+        }
+    }
 }
 
 struct PoolState {
@@ -205,10 +236,13 @@ impl Pool {
                     return Err(PoolError::Closed(self.name.clone()));
                 }
                 match self.take_idle(&mut st) {
-                    Some(conn) => Ok(Grant::Conn(Box::new(conn))),
+                    Some(conn) => Ok(Grant::Conn(Box::new(Checkout {
+                        conn: Some(conn),
+                        pool: Arc::clone(self),
+                    }))),
                     None if st.total < self.settings.pool_size => {
                         st.total += 1;
-                        Ok(Grant::Slot)
+                        Ok(Grant::Slot(Slot::new(self)))
                     }
                     None => {
                         let (tx, rx) = oneshot::channel();
@@ -236,7 +270,7 @@ impl Pool {
                             } else if !reserve_tried {
                                 reserve_tried = true;
                                 if self.try_reserve_slot() {
-                                    Grant::Slot
+                                    Grant::Slot(Slot::new(self))
                                 } else {
                                     continue;
                                 }
@@ -249,21 +283,26 @@ impl Pool {
                     }
                 }
             };
-            let conn = match grant {
-                Grant::Conn(mut conn) => {
-                    if self.is_stale(&mut conn) {
-                        self.forget(*conn);
+            let checkout = match grant {
+                Grant::Conn(mut checkout) => {
+                    if self.is_stale(checkout.conn()) {
+                        checkout.discard();
                         continue;
                     }
-                    *conn
+                    *checkout
                 }
-                Grant::Slot => self.open_in_slot().await?,
+                Grant::Slot(slot) => {
+                    // If this future is dropped mid-connect, `slot` gives the slot back.
+                    let conn = self.open().await?;
+                    slot.disarm();
+                    Checkout {
+                        conn: Some(conn),
+                        pool: Arc::clone(self),
+                    }
+                }
             };
             self.counters.checkouts.fetch_add(1, Ordering::Relaxed);
-            return Ok(Checkout {
-                conn: Some(conn),
-                pool: Arc::clone(self),
-            });
+            return Ok(checkout);
         }
     }
 
@@ -304,17 +343,6 @@ impl Pool {
             .server_lifetime
             .is_some_and(|life| conn.created.elapsed() >= life);
         too_old || conn.is_dead()
-    }
-
-    /// Opens a connection in a slot already counted in `total`; gives the slot back on error.
-    async fn open_in_slot(self: &Arc<Self>) -> Result<ServerConn, PoolError> {
-        match self.open().await {
-            Ok(conn) => Ok(conn),
-            Err(e) => {
-                self.give_back_slot();
-                Err(e)
-            }
-        }
     }
 
     async fn open(&self) -> Result<ServerConn, PoolError> {
@@ -390,24 +418,28 @@ impl Pool {
 
     /// Gives back a slot whose connection never came to be or was closed, passing it on to
     /// the first waiter so nobody waits for a connection that will never be released.
-    fn give_back_slot(&self) {
+    fn give_back_slot(self: &Arc<Self>) {
         let mut st = self.lock();
         while let Some(w) = st.waiters.pop_front() {
-            if w.send(Grant::Slot).is_ok() {
-                return;
+            match w.send(Grant::Slot(Slot::new(self))) {
+                Ok(()) => return,
+                // That waiter gave up; the slot goes on to the next (disarmed here: dropping
+                // it armed would re-enter this lock).
+                Err(Grant::Slot(slot)) => slot.disarm(),
+                Err(Grant::Conn(_)) => unreachable_grant(),
             }
         }
         st.total = st.total.saturating_sub(1);
     }
 
     /// Drops a connection that must not be reused.
-    fn forget(&self, conn: ServerConn) {
+    fn forget(self: &Arc<Self>, conn: ServerConn) {
         tracing::debug!(db = %self.name, server = conn.id, "server connection closed");
         drop(conn);
         self.give_back_slot();
     }
 
-    fn put_back(&self, mut conn: ServerConn) {
+    fn put_back(self: &Arc<Self>, mut conn: ServerConn) {
         conn.last_used = Instant::now();
         let mut st = self.lock();
         if st.closed {
@@ -415,18 +447,22 @@ impl Pool {
             self.forget(conn);
             return;
         }
-        let mut conn = Box::new(conn);
+        let mut conn = Some(conn);
         while let Some(w) = st.waiters.pop_front() {
-            match w.send(Grant::Conn(conn)) {
+            let grant = Grant::Conn(Box::new(Checkout {
+                conn: conn.take(),
+                pool: Arc::clone(self),
+            }));
+            match w.send(grant) {
                 Ok(()) => return,
-                Err(Grant::Conn(c)) => conn = c,
-                Err(Grant::Slot) => {
-                    unreachable_slot();
-                    return;
-                }
+                // That waiter gave up: take the connection back for the next one.
+                Err(Grant::Conn(mut returned)) => conn = returned.conn.take(),
+                Err(Grant::Slot(_)) => unreachable_grant(),
             }
         }
-        st.idle.push(*conn);
+        if let Some(conn) = conn {
+            st.idle.push(conn);
+        }
     }
 
     /// Closes idle connections past `server_idle_timeout` or `server_lifetime`, drops dead
@@ -477,12 +513,14 @@ impl Pool {
             if !open {
                 break;
             }
+            let slot = Slot::new(self);
             match self.open().await {
-                Ok(conn) => self.put_back(conn),
-                Err(_) => {
-                    self.give_back_slot();
-                    break;
+                Ok(conn) => {
+                    slot.disarm();
+                    self.put_back(conn);
                 }
+                // `slot` gives the slot back.
+                Err(_) => break,
             }
         }
     }
@@ -504,8 +542,8 @@ impl Pool {
 }
 
 #[cold]
-fn unreachable_slot() {
-    // `put_back` only ever sends `Grant::Conn`, so a failed send returns a `Conn`.
+fn unreachable_grant() {
+    // A failed send returns the grant that was sent; its kind cannot change.
     tracing::error!("pool invariant broken: a returned grant changed kind");
 }
 

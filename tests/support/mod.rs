@@ -14,6 +14,7 @@
 pub mod proxy;
 pub mod raw;
 pub mod tokens;
+pub mod wire;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};

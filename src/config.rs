@@ -28,6 +28,13 @@ pub const MIN_HMAC_SECRET_BYTES: usize = 32;
 const MAX_PACKET_SIZE_LIMIT: usize = 1 << 30;
 const MIN_PACKET_SIZE_LIMIT: usize = 1024;
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 /// How long a client keeps a server connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PoolMode {
@@ -77,6 +84,8 @@ pub struct General {
     pub workers: usize,
     pub log_connections: bool,
     pub log_disconnections: bool,
+    /// Log line format: human-readable text, or one JSON object per line.
+    pub log_format: LogFormat,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; `None` = no metrics listener.
     pub metrics_listen: Option<SocketAddr>,
     /// Tenants with their own series in `/metrics` (the most transactions); the rest are
@@ -118,6 +127,7 @@ impl Default for General {
             workers: 0,
             log_connections: true,
             log_disconnections: true,
+            log_format: LogFormat::Text,
             metrics_listen: None,
             top_tenants: 20,
             admin_users: Vec::new(),
@@ -689,6 +699,7 @@ const GENERAL_KEYS: &[&str] = &[
     "workers",
     "log_connections",
     "log_disconnections",
+    "log_format",
     "metrics_listen",
     "top_tenants",
     "admin_users",
@@ -789,6 +800,16 @@ fn parse_general(mut t: Table, sources: &SecretSources<'_>) -> Result<General, C
     let workers = t.usize("workers", 0, 1024, d.workers)?;
     let log_connections = t.bool("log_connections", d.log_connections)?;
     let log_disconnections = t.bool("log_disconnections", d.log_disconnections)?;
+    let log_format = match t.string("log_format")?.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                t.key("log_format"),
+                format!("unknown format {other:?}; expected \"text\" or \"json\""),
+            ));
+        }
+    };
     let metrics_listen = match t.non_empty_string("metrics_listen")? {
         None => None,
         Some(addr) => Some(addr.parse::<SocketAddr>().map_err(|_| {
@@ -825,6 +846,7 @@ fn parse_general(mut t: Table, sources: &SecretSources<'_>) -> Result<General, C
         workers,
         log_connections,
         log_disconnections,
+        log_format,
         metrics_listen,
         top_tenants,
         admin_users,

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use pgtenant::auth::token::{MintKey, mint};
-use pgtenant::config::Config;
+use pgtenant::config::{Config, LogFormat};
 
 #[derive(Parser)]
 #[command(
@@ -83,7 +83,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    init_logging();
     let cli = Cli::parse();
     match (cli.command, cli.config) {
         (Some(Command::Run { config }), _) | (None, Some(config)) => run(config),
@@ -143,13 +142,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+/// Logs to stderr, human-readable or one JSON object per line (`log_format`); `RUST_LOG`
+/// overrides the level (default info).
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
 }
 
 fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
@@ -164,10 +168,12 @@ fn run(path: PathBuf) -> ExitCode {
     let config = match Config::load(&path) {
         Ok(c) => Arc::new(c),
         Err(e) => {
+            init_logging(LogFormat::Text);
             eprintln!("{}: {e}", path.display());
             return ExitCode::FAILURE;
         }
     };
+    init_logging(config.general.log_format);
     let rt = match runtime(config.general.workers) {
         Ok(rt) => rt,
         Err(e) => {
@@ -261,6 +267,7 @@ fn token(config: &std::path::Path, tenant: &str, ttl: u64, sub: Option<String>) 
 }
 
 fn demo(port: u16) -> ExitCode {
+    init_logging(LogFormat::Text);
     let rt = match runtime(0) {
         Ok(rt) => rt,
         Err(e) => {

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tracing::Instrument;
 
 use crate::cancel::{CancelSlot, CancelTarget};
 use crate::guard::{Guard, TenantValue, Verdict as GuardVerdict};
@@ -138,9 +139,15 @@ pub async fn serve_client(
     }
     messages::ready_for_query(&mut out, b'I');
     shared.stats.logins.inc();
+    // Every line logged about this client from here on carries its id and tenant.
+    let span = tracing::info_span!("client", id = client_id, tenant = %logged_in.tenant);
     let mut session = Session::new(client_id, stream, *logged_in, &shared, out);
-    let result = session.run().await;
-    session.finish(result, &shared).await;
+    async {
+        let result = session.run().await;
+        session.finish(result, &shared).await;
+    }
+    .instrument(span)
+    .await;
 }
 
 struct Session {

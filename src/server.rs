@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use postgres_protocol::authentication::sasl::{self, ScramSha256};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
@@ -61,10 +61,16 @@ pub enum ServerError {
 
 impl ServerError {
     /// The SQLSTATE a client sees when its transaction could not get a server because of this.
-    pub fn client_sqlstate(&self) -> &str {
+    pub fn client_sqlstate(&self) -> &'static str {
         match self {
-            ServerError::LoginRefused { sqlstate, .. } if sqlstate.starts_with("53") => sqlstate,
-            ServerError::LoginRefused { sqlstate, .. } if sqlstate.starts_with("57") => sqlstate,
+            ServerError::LoginRefused { sqlstate, .. } => match sqlstate.as_str() {
+                // Too many connections, starting up, shutting down: said as PostgreSQL said.
+                "53300" => "53300",
+                "57P03" => "57P03",
+                "57P01" => "57P01",
+                s if s.starts_with("53") || s.starts_with("57") => "08006",
+                _ => "08001",
+            },
             ServerError::Connect { .. } | ServerError::ConnectTimeout { .. } => "08006",
             _ => "08001",
         }
@@ -451,11 +457,6 @@ impl ServerConn {
         let mut out = BytesMut::new();
         frontend::terminate(&mut out);
         let _ = tokio::time::timeout(Duration::from_millis(100), self.stream.write_all(&out)).await;
-    }
-
-    /// Discards already-processed bytes (used by sessions that parse `rbuf` themselves).
-    pub fn consume(&mut self, n: usize) {
-        self.rbuf.advance(n);
     }
 }
 

@@ -46,31 +46,14 @@ CREATE VIEW jdbc_alt.jdbc_marker AS SELECT 'alt'::text AS label;
 GRANT SELECT ON public.jdbc_marker, jdbc_alt.jdbc_marker TO api_user;
 ";
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use support::drivers::repo_root;
 
 /// Runs scripts/drivers/jdbc.sh and returns the driver jar (the script's last line).
 fn install_driver() -> PathBuf {
-    let script = repo_root().join("scripts/drivers/jdbc.sh");
-    let output = Command::new("bash")
-        .arg(&script)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|err| panic!("could not run {}: {err}", script.display()));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let jar = support::drivers::run_installer("scripts/drivers/jdbc.sh");
     assert!(
-        output.status.success(),
-        "{} failed ({}):\n{stdout}\n{stderr}",
-        script.display(),
-        output.status
-    );
-    let jar = stdout.lines().last().unwrap_or_default().trim();
-    assert!(
-        Path::new(jar).is_file(),
-        "{} did not print the driver jar:\n{stdout}\n{stderr}",
-        script.display()
+        Path::new(&jar).is_file(),
+        "scripts/drivers/jdbc.sh did not print the driver jar: {jar:?}"
     );
     PathBuf::from(jar)
 }
@@ -139,16 +122,7 @@ fn jdbc_suite_passes_through_the_proxy() {
         .arg(&classpath)
         .arg("JdbcSuite")
         .current_dir(dir.path())
-        .env("PGT_HOST", "127.0.0.1")
-        .env("PGT_PORT", proxy.port().to_string())
-        .env("PGT_DB", PROXY_DBNAME)
-        .env("PGT_USER", CLIENT_USER)
-        .env("PGT_TOKEN_A", token_for(TENANT_ACME))
-        .env("PGT_TOKEN_B", token_for(TENANT_GLOBEX))
-        .env("PGT_TENANT_A", TENANT_ACME)
-        .env("PGT_TENANT_B", TENANT_GLOBEX)
-        .env("PGT_DIRECT_DSN", db.cluster().superuser_dsn_for(db.name()))
-        .env("PGT_POOL_SIZE", POOL_SIZE.to_string())
+        .envs(support::drivers::driver_env(&proxy, &db, POOL_SIZE))
         .env_remove("JAVA_TOOL_OPTIONS")
         .env_remove("PGPASSWORD")
         .stdin(Stdio::null())

@@ -8,7 +8,6 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,25 +20,11 @@ const POOL_SIZE: i64 = 2;
 /// check also has its own deadline inside the suite).
 const HANG_GUARD: Duration = Duration::from_secs(600);
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use support::drivers::repo_root;
 
 /// Runs scripts/drivers/node.sh (Node.js, npm and the locked packages); panics if it fails.
-fn install_node_packages(root: &Path) {
-    let output = Command::new("bash")
-        .arg(root.join("scripts/drivers/node.sh"))
-        .current_dir(root)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|err| panic!("could not run scripts/drivers/node.sh: {err}"));
-    assert!(
-        output.status.success(),
-        "scripts/drivers/node.sh failed ({}):\n{}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+fn install_node_packages() {
+    support::drivers::run_installer("scripts/drivers/node.sh");
 }
 
 /// Waits for `child` up to [`HANG_GUARD`], killing it when it takes longer.
@@ -69,7 +54,7 @@ fn read_all(stream: Option<impl std::io::Read>) -> String {
 #[test]
 fn node_postgres_and_postgres_js_suite_passes_through_the_proxy() {
     let root = repo_root();
-    install_node_packages(&root);
+    install_node_packages();
 
     let db = TestDb::new();
     let proxy = Proxy::start(ProxyConfig::for_db(&db).general("default_pool_size", POOL_SIZE));
@@ -77,16 +62,7 @@ fn node_postgres_and_postgres_js_suite_passes_through_the_proxy() {
     let mut child = Command::new("node")
         .arg("suite.mjs")
         .current_dir(&suite_dir)
-        .env("PGT_HOST", "127.0.0.1")
-        .env("PGT_PORT", proxy.port().to_string())
-        .env("PGT_DB", PROXY_DBNAME)
-        .env("PGT_USER", CLIENT_USER)
-        .env("PGT_TOKEN_A", token_for(TENANT_ACME))
-        .env("PGT_TOKEN_B", token_for(TENANT_GLOBEX))
-        .env("PGT_TENANT_A", TENANT_ACME)
-        .env("PGT_TENANT_B", TENANT_GLOBEX)
-        .env("PGT_DIRECT_DSN", db.cluster().superuser_dsn_for(db.name()))
-        .env("PGT_POOL_SIZE", POOL_SIZE.to_string())
+        .envs(support::drivers::driver_env(&proxy, &db, POOL_SIZE))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

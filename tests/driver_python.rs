@@ -20,31 +20,14 @@ const SUITE_DEADLINE: Duration = Duration::from_secs(300);
 /// Server connections per pool: small, so that statements and settings change servers.
 const POOL_SIZE: i64 = 2;
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use support::drivers::repo_root;
 
 /// Runs scripts/drivers/python.sh and returns the venv's python (the script's last line).
 fn install_drivers() -> PathBuf {
-    let script = repo_root().join("scripts/drivers/python.sh");
-    let output = Command::new("bash")
-        .arg(&script)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|err| panic!("could not run {}: {err}", script.display()));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let python = support::drivers::run_installer("scripts/drivers/python.sh");
     assert!(
-        output.status.success(),
-        "{} failed ({}):\n{stdout}\n{stderr}",
-        script.display(),
-        output.status
-    );
-    let python = stdout.lines().last().unwrap_or_default().trim();
-    assert!(
-        Path::new(python).is_file(),
-        "{} did not print the venv's python:\n{stdout}\n{stderr}",
-        script.display()
+        Path::new(&python).is_file(),
+        "scripts/drivers/python.sh did not print the venv's python: {python:?}"
     );
     PathBuf::from(python)
 }
@@ -72,16 +55,7 @@ fn run_suite(suite: &str) {
         .arg("-u")
         .arg(&script)
         .current_dir(repo_root().join("tests/drivers/python"))
-        .env("PGT_HOST", "127.0.0.1")
-        .env("PGT_PORT", proxy.port().to_string())
-        .env("PGT_DB", PROXY_DBNAME)
-        .env("PGT_USER", CLIENT_USER)
-        .env("PGT_TOKEN_A", token_for(TENANT_ACME))
-        .env("PGT_TOKEN_B", token_for(TENANT_GLOBEX))
-        .env("PGT_TENANT_A", TENANT_ACME)
-        .env("PGT_TENANT_B", TENANT_GLOBEX)
-        .env("PGT_DIRECT_DSN", db.cluster().superuser_dsn_for(db.name()))
-        .env("PGT_POOL_SIZE", POOL_SIZE.to_string())
+        .envs(support::drivers::driver_env(&proxy, &db, POOL_SIZE))
         // No __pycache__ in the source tree.
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env_remove("PGPASSWORD")

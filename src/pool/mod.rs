@@ -55,7 +55,7 @@ pub enum PoolError {
 }
 
 impl PoolError {
-    pub fn sqlstate(&self) -> &str {
+    pub fn sqlstate(&self) -> &'static str {
         match self {
             PoolError::WaitTimeout(_) => "57014",
             PoolError::Connect { source, .. } => source.client_sqlstate(),
@@ -567,10 +567,6 @@ impl Checkout {
             Some(c) => &c.stream,
             None => unreachable!("checkout used after release"),
         }
-    }
-
-    pub fn pool(&self) -> &Arc<Pool> {
-        &self.pool
     }
 
     /// Returns a clean connection (idle, no transaction, nothing outstanding) to the pool.

@@ -157,7 +157,7 @@ pub async fn login(
         .startup_params()
         .await
         .map_err(|e| LoginError::Refused {
-            sqlstate: static_sqlstate(e.sqlstate()),
+            sqlstate: e.sqlstate(),
             message: e.to_string(),
             reason: "upstream",
         })?;
@@ -250,18 +250,6 @@ fn cancel_key() -> (i32, i32) {
     let pid = i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) & 0x7fff_ffff;
     let secret = i32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
     (pid.max(1), secret)
-}
-
-fn static_sqlstate(s: &str) -> &'static str {
-    match s {
-        "57014" => "57014",
-        "28000" => "28000",
-        "57P01" => "57P01",
-        "53300" => "53300",
-        "57P03" => "57P03",
-        "08001" => "08001",
-        _ => "08006",
-    }
 }
 
 /// What a client asked for in its startup packet.

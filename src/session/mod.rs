@@ -465,18 +465,7 @@ impl Session {
             .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
         let mut checkout = match checkout {
             Ok(c) => c,
-            Err(e) => {
-                let sqlstate = match e.sqlstate() {
-                    "57014" => "57014",
-                    "28000" => "28000",
-                    "57P01" => "57P01",
-                    "08001" => "08001",
-                    "53300" => "53300",
-                    "57P03" => "57P03",
-                    _ => "08006",
-                };
-                return Err(SessionError::client(sqlstate, e.to_string()));
-            }
+            Err(e) => return Err(SessionError::client(e.sqlstate(), e.to_string())),
         };
         self.tracker.set(ClientState::Active);
         self.xact_started = Some(Instant::now());
@@ -650,20 +639,7 @@ impl Session {
         if server.conn().touch_prepared(def.id) {
             return false;
         }
-        self.make_room_for_statement();
-        if let Some(server) = self.server.as_mut() {
-            server.conn().add_prepared(def.id);
-        }
-        self.send_close_statement(&def.name);
-        self.to_server.extend_from_slice(&def.parse);
-        self.expect
-            .push(Expected::proxy(Reply::Parse).with_stmt(def.id));
-        protocol::put_message(&mut self.to_server, b'D', |b| {
-            b.extend_from_slice(b"S");
-            protocol::put_cstr(b, def.name.as_bytes());
-        });
-        self.expect
-            .push(Expected::proxy(Reply::DescribeStatement).with_stmt(def.id));
+        self.prepare_on_server(&def);
         protocol::put_message(&mut self.to_server, b'H', |_| {});
         self.unsynced = true;
         self.verifying = Some(def.id);
@@ -1038,7 +1014,7 @@ impl Session {
                     .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
                 if let Err(refusal) = self.guard.check_function_call(oid) {
                     self.stats.guard_refused(refusal.rule);
-                    self.refuse_query("42501", &refusal.message, refusal.rule);
+                    self.refuse_query("42501", &refusal.message);
                     return Ok(());
                 }
                 if self.needs_tenant() && self.status != b'E' {
@@ -1099,7 +1075,7 @@ impl Session {
             self.guard_check(text_str, |_| None)
         };
         if let Err(refusal) = guarded {
-            self.refuse_query("42501", &refusal.message, refusal.rule);
+            self.refuse_query("42501", &refusal.message);
             return Ok(());
         }
         let mut plan = SqlPlan::of_query(text_str);
@@ -1109,16 +1085,11 @@ impl Session {
         }
         if plan.executes_prepared {
             self.stats.guard_refused(SQL_EXECUTE_RULE);
-            self.refuse_query("42501", &sql_execute_message(), SQL_EXECUTE_RULE);
+            self.refuse_query("42501", &sql_execute_message());
             return Ok(());
         }
         if let Some(feature) = plan.needs_session {
-            let sql = raise_sql("0A000", &session_feature_message(feature));
-            let mut q = BytesMut::new();
-            protocol::put_message(&mut q, b'Q', |b| protocol::put_cstr(b, sql.as_bytes()));
-            self.push_client(q.freeze(), Some(Reply::Query));
-            self.unsynced = false;
-            self.maybe_ended = true;
+            self.refuse_query("0A000", &session_feature_message(feature));
             return Ok(());
         }
         // A lone ROLLBACK/COMMIT reads nothing; a failed transaction accepts only those.
@@ -1243,7 +1214,7 @@ impl Session {
 
     /// Replaces the client's simple Query with one that makes PostgreSQL raise the error
     /// (so an open transaction block is aborted as PostgreSQL would).
-    fn refuse_query(&mut self, sqlstate: &str, message: &str, _rule: &str) {
+    fn refuse_query(&mut self, sqlstate: &str, message: &str) {
         let sql = raise_sql(sqlstate, message);
         let mut q = BytesMut::new();
         protocol::put_message(&mut q, b'Q', |b| protocol::put_cstr(b, sql.as_bytes()));
@@ -1279,15 +1250,7 @@ impl Session {
             protocol::put_cstr(b, sql.as_bytes());
             b.extend_from_slice(&0i16.to_be_bytes());
         });
-        protocol::put_message(&mut self.to_server, b'B', |b| {
-            protocol::put_cstr(b, b"");
-            protocol::put_cstr(b, b"");
-            b.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-        });
-        protocol::put_message(&mut self.to_server, b'E', |b| {
-            protocol::put_cstr(b, b"");
-            b.extend_from_slice(&0i32.to_be_bytes());
-        });
+        put_bind_execute(&mut self.to_server, b"", &[]);
         self.expect.push(Expected::proxy(Reply::Parse));
         self.expect.push(Expected::proxy(Reply::Bind));
         self.expect.push(Expected::client(Reply::Execute));
@@ -1328,7 +1291,7 @@ impl Session {
                     // and the shared ones), not the client's.
                     let message = format!("prepared statement \"{name}\" does not exist");
                     if self.server.is_some() {
-                        self.refuse_query("26000", &message, "deallocate");
+                        self.refuse_query("26000", &message);
                     } else {
                         messages::error_response(
                             &mut self.to_client,
@@ -1444,6 +1407,12 @@ impl Session {
         if server.conn().touch_prepared(def.id) {
             return;
         }
+        self.prepare_on_server(def);
+    }
+
+    /// Prepares a shared statement on the bound server (Close first: after a DEALLOCATE
+    /// pgtenant cannot tell whether it survived) and asks for its shape.
+    fn prepare_on_server(&mut self, def: &StmtDef) {
         self.make_room_for_statement();
         if let Some(server) = self.server.as_mut() {
             server.conn().add_prepared(def.id);
@@ -1915,22 +1884,27 @@ impl Session {
 /// Execute, exactly as sent before each transaction.
 fn build_injection(setting: &[u8], tenant: &[u8]) -> Bytes {
     let mut b = BytesMut::new();
-    protocol::put_message(&mut b, b'B', |b| {
+    put_bind_execute(&mut b, INJECT_STATEMENT.as_bytes(), &[setting, tenant]);
+    b.freeze()
+}
+
+/// Bind (unnamed portal, `statement`, text parameters) and Execute (all rows).
+fn put_bind_execute(out: &mut BytesMut, statement: &[u8], params: &[&[u8]]) {
+    protocol::put_message(out, b'B', |b| {
         protocol::put_cstr(b, b"");
-        protocol::put_cstr(b, INJECT_STATEMENT.as_bytes());
+        protocol::put_cstr(b, statement);
         b.extend_from_slice(&0i16.to_be_bytes());
-        b.extend_from_slice(&2i16.to_be_bytes());
-        for v in [setting, tenant] {
+        b.extend_from_slice(&(params.len() as i16).to_be_bytes());
+        for v in params {
             b.extend_from_slice(&(v.len() as i32).to_be_bytes());
             b.extend_from_slice(v);
         }
         b.extend_from_slice(&0i16.to_be_bytes());
     });
-    protocol::put_message(&mut b, b'E', |b| {
+    protocol::put_message(out, b'E', |b| {
         protocol::put_cstr(b, b"");
         b.extend_from_slice(&0i32.to_be_bytes());
     });
-    b.freeze()
 }
 
 /// The bytes bound to parameter `$n` (1-based) in a Bind payload after the statement name
@@ -2045,21 +2019,11 @@ fn build_sealed_injection(setting: &[u8], tenant: &[u8], secret: &[u8; 32]) -> B
     let mut seal_setting = setting.to_vec();
     seal_setting.extend_from_slice(b"_seal");
     let mut b = BytesMut::new();
-    protocol::put_message(&mut b, b'B', |b| {
-        protocol::put_cstr(b, b"");
-        protocol::put_cstr(b, INJECT_SEALED_STATEMENT.as_bytes());
-        b.extend_from_slice(&0i16.to_be_bytes());
-        b.extend_from_slice(&4i16.to_be_bytes());
-        for v in [setting, tenant, &seal_setting, seal.as_bytes()] {
-            b.extend_from_slice(&(v.len() as i32).to_be_bytes());
-            b.extend_from_slice(v);
-        }
-        b.extend_from_slice(&0i16.to_be_bytes());
-    });
-    protocol::put_message(&mut b, b'E', |b| {
-        protocol::put_cstr(b, b"");
-        b.extend_from_slice(&0i32.to_be_bytes());
-    });
+    put_bind_execute(
+        &mut b,
+        INJECT_SEALED_STATEMENT.as_bytes(),
+        &[setting, tenant, &seal_setting, seal.as_bytes()],
+    );
     b.freeze()
 }
 

@@ -3,7 +3,8 @@
 //! This module owns one temporary data directory, the `initdb`/`pg_ctl` invocations that create,
 //! start, stop and reload it, and the `pg_hba.conf` it is served with: the superuser `postgres`
 //! may use the unix socket without a password (trust), everything over TCP (loopback only)
-//! authenticates with a password, SCRAM-SHA-256 unless a per-role method was set. When the
+//! authenticates with a password, SCRAM-SHA-256 unless a per-role method was set; TLS is off
+//! unless [`Cluster::enable_tls`] turns it on with a given certificate. When the
 //! process runs as root (CI), PostgreSQL refuses to run, so every server-side command runs as
 //! an unprivileged system user through `runuser`. A watchdog process stops the server and
 //! removes the directory when this process exits without dropping the [`Cluster`] (a `static`
@@ -16,7 +17,7 @@ use std::fmt;
 use std::fs;
 use std::io::{self, Write as _};
 use std::net::TcpListener;
-use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -82,6 +83,10 @@ pub enum ClusterError {
     ReloadTimedOut(Duration),
     #[error("{0:?} is not a role name this harness accepts (letters, digits and '_' only)")]
     InvalidRoleName(String),
+    #[error(
+        "PostgreSQL did not turn TLS on: {reason}\n--- last lines of the server log ---\n{log_tail}"
+    )]
+    TlsNotEnabled { reason: String, log_tail: String },
 }
 
 /// How a role authenticates over TCP (a `pg_hba.conf` method).
@@ -585,6 +590,44 @@ impl Cluster {
         Ok(())
     }
 
+    /// Turns TLS on (`ssl = on`): `cert_pem` (leaf first) and `key_pem` become the server's
+    /// `server.crt` and `server.key` in the data directory, the key readable by the server
+    /// user only (PostgreSQL refuses a key others can read), then the configuration is
+    /// reloaded and checked: afterwards an SSLRequest is answered `S`. Plaintext TCP logins
+    /// keep working (`pg_hba.conf` uses `host`, which matches both).
+    pub fn enable_tls(&self, cert_pem: &str, key_pem: &str) -> Result<(), ClusterError> {
+        self.write_server_file(&self.data_dir.join("server.crt"), cert_pem)?;
+        self.write_private_server_file(&self.data_dir.join("server.key"), key_pem)?;
+        self.psql("ALTER SYSTEM SET ssl = on")?;
+        self.reload()?;
+        match self.answers_ssl_request() {
+            Ok(b'S') => Ok(()),
+            Ok(other) => Err(ClusterError::TlsNotEnabled {
+                reason: format!(
+                    "SSLRequest answered {:?}",
+                    char::from(other).escape_default().to_string()
+                ),
+                log_tail: self.log_tail(LOG_TAIL_LINES),
+            }),
+            Err(err) => Err(ClusterError::TlsNotEnabled {
+                reason: format!("SSLRequest failed: {err}"),
+                log_tail: self.log_tail(LOG_TAIL_LINES),
+            }),
+        }
+    }
+
+    /// Sends an SSLRequest over TCP and returns the one-byte answer.
+    fn answers_ssl_request(&self) -> io::Result<u8> {
+        use std::io::Read as _;
+        let mut stream = std::net::TcpStream::connect((self.host(), self.port))?;
+        stream.set_read_timeout(Some(RELOAD_WAIT))?;
+        // Length 8, code 80877103 ("Message Formats" in the protocol documentation).
+        stream.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])?;
+        let mut answer = [0u8; 1];
+        stream.read_exact(&mut answer)?;
+        Ok(answer[0])
+    }
+
     /// Whether the postmaster is running (per `pg_ctl status`).
     pub fn is_running(&self) -> bool {
         self.server_command(&self.bins.pg_ctl)
@@ -731,6 +774,31 @@ impl Cluster {
         }
         hba.push_str("host all all 127.0.0.1/32 scram-sha-256\n");
         self.write_server_file(&self.data_dir.join("pg_hba.conf"), &hba)
+    }
+
+    /// Writes a file only its owner (the server user) may read.
+    fn write_private_server_file(&self, path: &Path, contents: &str) -> Result<(), ClusterError> {
+        let io_error = |action, source| ClusterError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| io_error("could not create", e))?;
+        // The mode only applies at creation: make sure of it for an existing file too.
+        file.set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(|e| io_error("could not restrict the permissions of", e))?;
+        file.write_all(contents.as_bytes())
+            .map_err(|e| io_error("could not write", e))?;
+        match &self.run_as {
+            Some(run_as) => run_as.chown(path),
+            None => Ok(()),
+        }
     }
 
     /// Writes a file in the data directory, owned by the server user.

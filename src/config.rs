@@ -93,6 +93,88 @@ pub struct General {
     pub top_tenants: usize,
     /// Who may log in to the admin console (`database=pgtenant`) with a password.
     pub admin_users: Vec<AdminUser>,
+    /// TLS towards clients and towards PostgreSQL (`client_tls_*`, `server_tls_*`).
+    pub tls: TlsSettings,
+}
+
+/// `client_tls_sslmode`: whether clients may or must encrypt (PgBouncer's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientTlsMode {
+    /// SSLRequest is answered `N`; direct TLS is not accepted.
+    Disable,
+    /// TLS when the client asks for it (`prefer` is read as this, as in PgBouncer).
+    Allow,
+    /// Plaintext logins are refused with 28000; cancel requests may still come in plaintext.
+    Require,
+}
+
+impl ClientTlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientTlsMode::Disable => "disable",
+            ClientTlsMode::Allow => "allow",
+            ClientTlsMode::Require => "require",
+        }
+    }
+}
+
+/// `server_tls_sslmode`: how pgtenant encrypts its connections to PostgreSQL (libpq's and
+/// PgBouncer's names and meanings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerTlsMode {
+    Disable,
+    /// Ask for TLS; carry on in plaintext if the server says no. Nothing is verified.
+    Prefer,
+    /// TLS or no connection; the certificate is not verified.
+    Require,
+    /// TLS with a certificate chain that leads to `server_tls_ca_file`; any host name.
+    VerifyCa,
+    /// As `VerifyCa`, and the certificate must name the configured host.
+    VerifyFull,
+}
+
+impl ServerTlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerTlsMode::Disable => "disable",
+            ServerTlsMode::Prefer => "prefer",
+            ServerTlsMode::Require => "require",
+            ServerTlsMode::VerifyCa => "verify-ca",
+            ServerTlsMode::VerifyFull => "verify-full",
+        }
+    }
+
+    /// Whether the mode checks the server's certificate (and so needs a CA file).
+    pub fn verifies(self) -> bool {
+        matches!(self, ServerTlsMode::VerifyCa | ServerTlsMode::VerifyFull)
+    }
+}
+
+/// TLS settings of the `[pgtenant]` table. Paths are resolved against the config file's
+/// directory; the files are read by [`crate::tls`] at load and at every reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub client_tls_sslmode: ClientTlsMode,
+    /// PEM certificate chain presented to clients, leaf first.
+    pub client_tls_cert_file: Option<PathBuf>,
+    /// PEM private key of that certificate (PKCS#8, PKCS#1 or SEC1).
+    pub client_tls_key_file: Option<PathBuf>,
+    /// Default for every database; `databases.NAME.server_tls_sslmode` overrides it.
+    pub server_tls_sslmode: ServerTlsMode,
+    /// PEM CA certificates trusted for PostgreSQL's certificate (verify-ca, verify-full).
+    pub server_tls_ca_file: Option<PathBuf>,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        TlsSettings {
+            client_tls_sslmode: ClientTlsMode::Disable,
+            client_tls_cert_file: None,
+            client_tls_key_file: None,
+            server_tls_sslmode: ServerTlsMode::Prefer,
+            server_tls_ca_file: None,
+        }
+    }
 }
 
 /// An admin console login, TOML `[[pgtenant.admin_users]]`.
@@ -131,6 +213,7 @@ impl Default for General {
             metrics_listen: None,
             top_tenants: 20,
             admin_users: Vec::new(),
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -152,6 +235,8 @@ pub struct DatabaseConfig {
     /// Seal the tenant in every transaction with an HMAC under a per-connection secret
     /// (needs config/sql/seal.sql installed in the database).
     pub tenant_seal: bool,
+    /// Overrides `pgtenant.server_tls_sslmode` for this database.
+    pub server_tls_sslmode: Option<ServerTlsMode>,
 }
 
 /// A secret string whose `Debug` and `Display` print `<redacted>`.
@@ -316,6 +401,8 @@ impl Config {
         config.validate_across_tables()?;
         // Parse the key material now so a bad PEM or JWKS fails at load with its key name.
         crate::auth::token::TokenVerifier::new(&config.auth)?;
+        // Likewise the TLS certificate, key and CA files.
+        crate::tls::TlsState::new(&config)?;
         Ok(config)
     }
 
@@ -328,7 +415,34 @@ impl Config {
         db.pool_size.unwrap_or(self.general.default_pool_size)
     }
 
+    /// The TLS mode of connections to database `name`: its own, else the default.
+    pub fn server_tls_mode(&self, db: &DatabaseConfig) -> ServerTlsMode {
+        db.server_tls_sslmode
+            .unwrap_or(self.general.tls.server_tls_sslmode)
+    }
+
     fn validate_across_tables(&self) -> Result<(), ConfigError> {
+        let tls = &self.general.tls;
+        if tls.server_tls_ca_file.is_none() {
+            let needs_ca = std::iter::once((
+                "pgtenant.server_tls_sslmode".to_owned(),
+                tls.server_tls_sslmode,
+            ))
+            .chain(self.databases.iter().filter_map(|(name, db)| {
+                db.server_tls_sslmode
+                    .map(|mode| (format!("{}.server_tls_sslmode", db_path(name)), mode))
+            }))
+            .find(|(_, mode)| mode.verifies());
+            if let Some((key, mode)) = needs_ca {
+                return Err(ConfigError::invalid(
+                    "pgtenant.server_tls_ca_file",
+                    format!(
+                        "required when {key} = {:?}: the CA that signed PostgreSQL's certificate",
+                        mode.as_str()
+                    ),
+                ));
+            }
+        }
         let min = self.general.min_pool_size;
         if min > self.general.default_pool_size {
             return Err(ConfigError::invalid(
@@ -645,6 +759,17 @@ impl Table {
         Ok(Some(Secret(value)))
     }
 
+    /// A file path (relative to the config directory), not read here.
+    fn path(
+        &mut self,
+        name: &'static str,
+        sources: &SecretSources<'_>,
+    ) -> Result<Option<PathBuf>, ConfigError> {
+        Ok(self
+            .non_empty_string(name)?
+            .map(|file| sources.base_dir.join(file)))
+    }
+
     /// Reads the file named by `name` (relative to the config directory).
     fn file_contents(
         &mut self,
@@ -703,6 +828,11 @@ const GENERAL_KEYS: &[&str] = &[
     "metrics_listen",
     "top_tenants",
     "admin_users",
+    "client_tls_sslmode",
+    "client_tls_cert_file",
+    "client_tls_key_file",
+    "server_tls_sslmode",
+    "server_tls_ca_file",
 ];
 
 const ADMIN_USER_KEYS: &[&str] = &["user", "password", "password_env", "password_file"];
@@ -734,6 +864,7 @@ const DATABASE_KEYS: &[&str] = &[
     "pool_size",
     "allow_privileged_role",
     "tenant_seal",
+    "server_tls_sslmode",
 ];
 
 fn parse_general(mut t: Table, sources: &SecretSources<'_>) -> Result<General, ConfigError> {
@@ -823,6 +954,7 @@ fn parse_general(mut t: Table, sources: &SecretSources<'_>) -> Result<General, C
     };
     let top_tenants = t.usize("top_tenants", 0, 10_000, d.top_tenants)?;
     let admin_users = parse_admin_users(&mut t, sources)?;
+    let tls = parse_tls(&mut t, sources)?;
     t.done();
     Ok(General {
         listen_addr,
@@ -850,7 +982,83 @@ fn parse_general(mut t: Table, sources: &SecretSources<'_>) -> Result<General, C
         metrics_listen,
         top_tenants,
         admin_users,
+        tls,
     })
+}
+
+/// The `client_tls_*` and `server_tls_*` keys of `[pgtenant]`: modes, and the files each
+/// mode needs (their contents are checked by [`crate::tls`]).
+fn parse_tls(t: &mut Table, sources: &SecretSources<'_>) -> Result<TlsSettings, ConfigError> {
+    let d = TlsSettings::default();
+    let client_tls_sslmode = match t.string("client_tls_sslmode")?.as_deref() {
+        None => d.client_tls_sslmode,
+        Some("disable") => ClientTlsMode::Disable,
+        Some("allow" | "prefer") => ClientTlsMode::Allow,
+        Some("require") => ClientTlsMode::Require,
+        Some("verify-ca" | "verify-full") => {
+            return Err(ConfigError::invalid(
+                t.key("client_tls_sslmode"),
+                "client certificates are not supported (clients authenticate with their tenant \
+                 token); use \"require\"",
+            ));
+        }
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                t.key("client_tls_sslmode"),
+                format!("unknown mode {other:?}; expected \"disable\", \"allow\" or \"require\""),
+            ));
+        }
+    };
+    let client_tls_cert_file = t.path("client_tls_cert_file", sources)?;
+    let client_tls_key_file = t.path("client_tls_key_file", sources)?;
+    if client_tls_sslmode != ClientTlsMode::Disable {
+        for (file, name) in [
+            (&client_tls_cert_file, "client_tls_cert_file"),
+            (&client_tls_key_file, "client_tls_key_file"),
+        ] {
+            if file.is_none() {
+                return Err(ConfigError::invalid(
+                    t.key(name),
+                    format!(
+                        "required when client_tls_sslmode = {:?}",
+                        client_tls_sslmode.as_str()
+                    ),
+                ));
+            }
+        }
+    }
+    let server_tls_sslmode = match t.string("server_tls_sslmode")? {
+        None => d.server_tls_sslmode,
+        Some(mode) => server_tls_mode(&mode)
+            .map_err(|p| ConfigError::invalid(t.key("server_tls_sslmode"), p))?,
+    };
+    let server_tls_ca_file = t.path("server_tls_ca_file", sources)?;
+    Ok(TlsSettings {
+        client_tls_sslmode,
+        client_tls_cert_file,
+        client_tls_key_file,
+        server_tls_sslmode,
+        server_tls_ca_file,
+    })
+}
+
+fn server_tls_mode(name: &str) -> Result<ServerTlsMode, String> {
+    match name {
+        "disable" => Ok(ServerTlsMode::Disable),
+        "prefer" => Ok(ServerTlsMode::Prefer),
+        "require" => Ok(ServerTlsMode::Require),
+        "verify-ca" => Ok(ServerTlsMode::VerifyCa),
+        "verify-full" => Ok(ServerTlsMode::VerifyFull),
+        "allow" => Err(
+            "\"allow\" (plaintext first, TLS only if the server insists) is not supported; \
+             use \"prefer\""
+                .to_owned(),
+        ),
+        other => Err(format!(
+            "unknown mode {other:?}; expected \"disable\", \"prefer\", \"require\", \
+             \"verify-ca\" or \"verify-full\""
+        )),
+    }
 }
 
 /// `admin_users = [{ user = "...", password_env = "..." }, ...]`: unique, non-empty names,
@@ -1132,6 +1340,13 @@ fn parse_database(
         .map(|n| usize::try_from(n).unwrap_or(1));
     let allow_privileged_role = t.bool("allow_privileged_role", false)?;
     let tenant_seal = t.bool("tenant_seal", false)?;
+    let server_tls_sslmode = match t.string("server_tls_sslmode")? {
+        None => None,
+        Some(mode) => Some(
+            server_tls_mode(&mode)
+                .map_err(|p| ConfigError::invalid(t.key("server_tls_sslmode"), p))?,
+        ),
+    };
     t.done();
     Ok(DatabaseConfig {
         host,
@@ -1142,6 +1357,7 @@ fn parse_database(
         pool_size,
         allow_privileged_role,
         tenant_seal,
+        server_tls_sslmode,
     })
 }
 

@@ -13,6 +13,8 @@
 //!   where a statement ends a transaction ([`session::plan`], built on [`sql`]).
 //! - [`pool`]: one bounded pool per upstream database; [`server`]: one upstream connection
 //!   (SCRAM/MD5/cleartext login, role check, the injection statement).
+//! - [`net`]: a connection's stream, plain TCP or TLS, and the non-blocking send/receive the
+//!   session polls; [`tls`]: the rustls configurations of both sides (reloadable).
 //! - [`config`]: TOML configuration with PgBouncer's names; [`state`]: what every
 //!   connection shares.
 //! - [`metrics`] (`/metrics`, `/healthz`, `/readyz`) and [`admin`] (the `pgtenant` console
@@ -29,6 +31,7 @@ pub mod demo;
 pub mod guard;
 pub mod listener;
 pub mod metrics;
+pub mod net;
 pub mod pool;
 pub mod protocol;
 pub mod server;
@@ -37,3 +40,4 @@ pub mod sql;
 pub mod state;
 pub mod stats;
 pub mod tenant;
+pub mod tls;

@@ -16,7 +16,9 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::config::DatabaseConfig;
+use crate::config::{DatabaseConfig, ServerTlsMode};
+use crate::net::{ServerStream, Stream, send_all};
+use crate::tls::UpstreamTls;
 
 /// Name of the statement pgtenant prepares on every server to set the tenant. Bound with
 /// the setting name and the tenant id as parameters, so neither appears in query text,
@@ -51,6 +53,21 @@ pub enum ServerError {
     PasswordMissing,
     #[error("SCRAM authentication with upstream failed: {0}")]
     Scram(std::io::Error),
+    #[error(
+        "upstream {addr} does not accept TLS connections (server_tls_sslmode = {:?})",
+        mode.as_str()
+    )]
+    TlsUnavailable { addr: String, mode: ServerTlsMode },
+    #[error("TLS handshake with upstream {addr} failed: {source}")]
+    TlsHandshake {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "host {host:?} cannot be checked against a certificate (server_tls_sslmode = \"verify-full\")"
+    )]
+    TlsServerName { host: String },
     #[error("unexpected message from upstream during {phase}")]
     Protocol { phase: &'static str },
     #[error("upstream query failed: {message}")]
@@ -87,7 +104,7 @@ pub struct RolePrivileges {
 /// A live, authenticated server connection.
 pub struct ServerConn {
     pub id: u64,
-    pub stream: TcpStream,
+    pub stream: ServerStream,
     pub created: Instant,
     pub last_used: Instant,
     /// Process id and cancel key PostgreSQL gave this connection.
@@ -126,18 +143,26 @@ impl std::fmt::Debug for ServerConn {
 }
 
 impl ServerConn {
-    /// Connects, authenticates and prepares the injection statement.
+    /// Connects, negotiates TLS as `tls` says, authenticates and prepares the injection
+    /// statement.
     pub async fn connect(
         db: &DatabaseConfig,
         timeout: Duration,
+        tls: UpstreamTls,
     ) -> Result<ServerConn, ServerError> {
         let addr = format!("{}:{}", db.host, db.port);
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(&addr)).await {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let tcp = match tokio::time::timeout_at(deadline, TcpStream::connect(&addr)).await {
             Err(_) => return Err(ServerError::ConnectTimeout { addr }),
             Ok(Err(source)) => return Err(ServerError::Connect { addr, source }),
             Ok(Ok(s)) => s,
         };
-        stream.set_nodelay(true)?;
+        tcp.set_nodelay(true)?;
+        let stream =
+            match tokio::time::timeout_at(deadline, negotiate_tls(tcp, db, &addr, tls)).await {
+                Err(_) => return Err(ServerError::ConnectTimeout { addr }),
+                Ok(r) => r?,
+            };
         let mut conn = ServerConn {
             id: NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed),
             stream,
@@ -168,8 +193,7 @@ impl ServerConn {
             ("application_name", "pgtenant"),
         ];
         frontend::startup_message(params.iter().copied(), &mut out)?;
-        self.stream.write_all(&out).await?;
-        out.clear();
+        self.flush(&mut out).await?;
 
         let mut scram: Option<ScramSha256> = None;
         loop {
@@ -375,7 +399,7 @@ impl ServerConn {
     }
 
     async fn flush(&mut self, out: &mut BytesMut) -> Result<(), ServerError> {
-        self.stream.write_all(out).await?;
+        send_all(&mut self.stream, out).await?;
         out.clear();
         Ok(())
     }
@@ -400,15 +424,12 @@ impl ServerConn {
     /// True when the idle connection has been closed by the server or has unsolicited bytes
     /// waiting (e.g. a FATAL sent at server shutdown). Costs one non-blocking read.
     pub fn is_dead(&mut self) -> bool {
-        if !self.rbuf.is_empty() {
-            return true;
-        }
-        let mut probe = [0u8; 1];
-        match self.stream.try_read(&mut probe) {
-            Ok(_) => true,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
-            Err(_) => true,
-        }
+        !self.rbuf.is_empty() || self.stream.is_dead_when_idle()
+    }
+
+    /// Whether this connection is encrypted.
+    pub fn is_tls(&self) -> bool {
+        self.stream.is_tls()
     }
 
     /// Marks a shared statement as used now; returns whether it is prepared here.
@@ -456,7 +477,68 @@ impl ServerConn {
     pub async fn terminate(mut self) {
         let mut out = BytesMut::new();
         frontend::terminate(&mut out);
-        let _ = tokio::time::timeout(Duration::from_millis(100), self.stream.write_all(&out)).await;
+        let _ = tokio::time::timeout(Duration::from_millis(100), async {
+            send_all(&mut self.stream, &out).await?;
+            if self.stream.is_tls() {
+                // close_notify, so the server logs no "unexpected EOF" for it.
+                self.stream.shutdown().await?;
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+    }
+}
+
+/// SSLRequest ("Message Formats" in the protocol documentation): length 8, code 80877103.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
+/// Asks the server for TLS as `tls.mode` says ("SSL Session Encryption" in the protocol
+/// documentation): an SSLRequest answered `S` is followed by the handshake, `N` means
+/// plaintext, which only `prefer` accepts.
+async fn negotiate_tls(
+    mut tcp: TcpStream,
+    db: &DatabaseConfig,
+    addr: &str,
+    tls: UpstreamTls,
+) -> Result<ServerStream, ServerError> {
+    if tls.mode == ServerTlsMode::Disable {
+        return Ok(Stream::Plain(tcp));
+    }
+    // A verifying mode without its connector (no CA loaded) must not fall back to anything.
+    let connector = tls.connector.ok_or(ServerError::TlsUnavailable {
+        addr: addr.to_owned(),
+        mode: tls.mode,
+    })?;
+    tcp.write_all(&SSL_REQUEST).await?;
+    // Exactly one byte: anything the server sent after it would otherwise be taken as part
+    // of the TLS handshake (the answer is not part of TLS).
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await?;
+    match answer[0] {
+        b'S' => {
+            let name = crate::tls::server_name(&db.host, tls.mode).ok_or_else(|| {
+                ServerError::TlsServerName {
+                    host: db.host.clone(),
+                }
+            })?;
+            let stream =
+                connector
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|source| ServerError::TlsHandshake {
+                        addr: addr.to_owned(),
+                        source,
+                    })?;
+            Ok(Stream::Tls(Box::new(stream)))
+        }
+        b'N' if tls.mode == ServerTlsMode::Prefer => Ok(Stream::Plain(tcp)),
+        b'N' => Err(ServerError::TlsUnavailable {
+            addr: addr.to_owned(),
+            mode: tls.mode,
+        }),
+        _ => Err(ServerError::Protocol {
+            phase: "TLS negotiation",
+        }),
     }
 }
 

@@ -27,6 +27,8 @@ pub struct Shared {
     /// Cancelled when the proxy shuts down: idle clients are closed, clients in a
     /// transaction are closed when it ends.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// TLS configurations of both sides; `reload` swaps them for new connections.
+    pub tls: Arc<crate::tls::TlsState>,
     next_client_id: AtomicU64,
 }
 
@@ -37,6 +39,8 @@ pub enum StateError {
     Verifier(String),
     #[error(transparent)]
     Stats(#[from] crate::stats::StatsError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl Shared {
@@ -49,6 +53,7 @@ impl Shared {
         let g = &config.general;
         let stats = crate::stats::Stats::new()?;
         let guard = Arc::new(crate::guard::Guard::new(&config.general.tenant_setting));
+        let tls = Arc::new(crate::tls::TlsState::new(&config)?);
         let pools = config
             .databases
             .iter()
@@ -67,7 +72,13 @@ impl Shared {
                 let pool_stats = stats.pool(name)?;
                 Ok((
                     name.clone(),
-                    Pool::new(name.clone(), db.clone(), settings, pool_stats),
+                    Pool::new(
+                        name.clone(),
+                        db.clone(),
+                        settings,
+                        pool_stats,
+                        Arc::clone(&tls),
+                    ),
                 ))
             })
             .collect::<Result<_, _>>()?;
@@ -80,6 +91,7 @@ impl Shared {
             stats,
             guard,
             shutdown,
+            tls,
             next_client_id: AtomicU64::new(1),
         }))
     }

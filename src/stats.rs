@@ -30,6 +30,8 @@ pub struct Stats {
     /// Clients waiting for a server.
     pub clients_waiting: IntGauge,
     pub logins: IntCounter,
+    /// Those of `logins` over TLS.
+    pub tls_logins: IntCounter,
     login_failures: IntCounterVec,
     guard_refusals: IntCounterVec,
     /// Per-tenant numbers, by tenant id.
@@ -69,6 +71,11 @@ impl Stats {
         )?;
         let logins = IntCounter::new("pgtenant_logins_total", "Successful client logins")?;
         registry.register(Box::new(logins.clone()))?;
+        let tls_logins = IntCounter::new(
+            "pgtenant_tls_logins_total",
+            "Successful client logins over TLS",
+        )?;
+        registry.register(Box::new(tls_logins.clone()))?;
         let login_failures = IntCounterVec::new(
             Opts::new(
                 "pgtenant_login_failures_total",
@@ -91,6 +98,7 @@ impl Stats {
             clients_active,
             clients_waiting,
             logins,
+            tls_logins,
             login_failures,
             guard_refusals,
             tenants: DashMap::new(),

@@ -20,8 +20,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
+
+use crate::net::{ClientStream, send_all};
 
 use crate::protocol::messages::{self, Severity};
 use crate::protocol::{self, FrameError};
@@ -66,7 +67,7 @@ pub fn write_welcome(out: &mut BytesMut) {
 /// Serves a logged-in admin until it disconnects. `out` holds the login replies; the first
 /// ReadyForQuery is appended here.
 pub async fn serve(
-    mut stream: TcpStream,
+    mut stream: ClientStream,
     peer: SocketAddr,
     client_id: u64,
     shared: Arc<Shared>,
@@ -80,14 +81,18 @@ pub async fn serve(
         Err(e @ (AdminError::Frame(_) | AdminError::UnexpectedMessage(_))) => {
             let mut out = BytesMut::new();
             messages::error_response(&mut out, Severity::Fatal, "08P01", &e.to_string(), None);
-            let _ = stream.write_all(&out).await;
+            let _ = send_all(&mut stream, &out).await;
             tracing::info!(client = client_id, error = %e, "admin console session closed");
         }
         Err(e) => tracing::debug!(client = client_id, error = %e, "admin console session ended"),
     }
 }
 
-async fn run(stream: &mut TcpStream, shared: &Shared, mut out: BytesMut) -> Result<(), AdminError> {
+async fn run(
+    stream: &mut ClientStream,
+    shared: &Shared,
+    mut out: BytesMut,
+) -> Result<(), AdminError> {
     let mut buf = BytesMut::with_capacity(1024);
     // After an extended-protocol message was refused: skip to the next Sync, as PostgreSQL
     // does after an error in an extended-protocol batch.
@@ -104,7 +109,7 @@ async fn run(stream: &mut TcpStream, shared: &Shared, mut out: BytesMut) -> Resu
                     messages::ready_for_query(&mut out, b'I');
                 }
                 b'X' => {
-                    stream.write_all(&out).await?;
+                    send_all(stream, &out).await?;
                     return Ok(());
                 }
                 b'S' => {
@@ -134,7 +139,7 @@ async fn run(stream: &mut TcpStream, shared: &Shared, mut out: BytesMut) -> Resu
             }
         }
         if !out.is_empty() {
-            stream.write_all(&out).await?;
+            send_all(stream, &out).await?;
             out.clear();
         }
         if stream.read_buf(&mut buf).await? == 0 {

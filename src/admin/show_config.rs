@@ -157,6 +157,40 @@ fn rows(config: &Config) -> Vec<(&'static str, String, String)> {
             String::new(),
         ),
     ];
+    // File paths, never their contents.
+    let path = |p: &Option<std::path::PathBuf>| {
+        p.as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    };
+    let (t, dt) = (&g.tls, &d.tls);
+    rows.extend([
+        (
+            "client_tls_sslmode",
+            t.client_tls_sslmode.as_str().to_owned(),
+            dt.client_tls_sslmode.as_str().to_owned(),
+        ),
+        (
+            "client_tls_cert_file",
+            path(&t.client_tls_cert_file),
+            String::new(),
+        ),
+        (
+            "client_tls_key_file",
+            path(&t.client_tls_key_file),
+            String::new(),
+        ),
+        (
+            "server_tls_sslmode",
+            t.server_tls_sslmode.as_str().to_owned(),
+            dt.server_tls_sslmode.as_str().to_owned(),
+        ),
+        (
+            "server_tls_ca_file",
+            path(&t.server_tls_ca_file),
+            String::new(),
+        ),
+    ]);
     let a = &config.auth;
     let key_source = if a.secret.is_some() {
         "secret"
@@ -250,6 +284,9 @@ mod tests {
         assert_eq!(get("max_client_conn"), ("10000", "10000"));
         assert_eq!(get("admin_users"), ("ops", ""));
         assert_eq!(get("auth.key_source"), ("secret", ""));
+        assert_eq!(get("client_tls_sslmode"), ("disable", "disable"));
+        assert_eq!(get("server_tls_sslmode"), ("prefer", "prefer"));
+        assert_eq!(get("server_tls_ca_file"), ("", ""));
         let all = format!("{rows:?}");
         for secret in [SECRET, "hunter2-admin", "dbpw-xyz"] {
             assert!(!all.contains(secret), "{secret} leaked");

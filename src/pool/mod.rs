@@ -141,6 +141,9 @@ pub struct Pool {
     pub statements: statements::StatementRegistry,
     /// Traffic numbers of this database (metrics and SHOW STATS).
     pub stats: Arc<crate::stats::PoolStats>,
+    /// Whether and how new server connections use TLS (read at each connect, so a reload
+    /// applies to the next one).
+    tls: Arc<crate::tls::TlsState>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -155,6 +158,7 @@ impl Pool {
         db: DatabaseConfig,
         settings: PoolSettings,
         stats: Arc<crate::stats::PoolStats>,
+        tls: Arc<crate::tls::TlsState>,
     ) -> Arc<Pool> {
         Arc::new(Pool {
             name,
@@ -171,6 +175,7 @@ impl Pool {
             counters: PoolCounters::default(),
             statements: statements::StatementRegistry::default(),
             stats,
+            tls,
         })
     }
 
@@ -347,7 +352,12 @@ impl Pool {
 
     async fn open(&self) -> Result<ServerConn, PoolError> {
         self.counters.connects.fetch_add(1, Ordering::Relaxed);
-        let connect = ServerConn::connect(&self.db, self.settings.server_connect_timeout).await;
+        let connect = ServerConn::connect(
+            &self.db,
+            self.settings.server_connect_timeout,
+            self.tls.upstream(&self.name),
+        )
+        .await;
         let mut conn = match connect {
             Ok(c) => c,
             Err(source) => {
@@ -560,13 +570,6 @@ impl Checkout {
         self.conn
             .as_mut()
             .unwrap_or_else(|| unreachable!("checkout used after release"))
-    }
-
-    pub fn stream(&self) -> &tokio::net::TcpStream {
-        match &self.conn {
-            Some(c) => &c.stream,
-            None => unreachable!("checkout used after release"),
-        }
     }
 
     /// Returns a clean connection (idle, no transaction, nothing outstanding) to the pool.

@@ -3,17 +3,19 @@
 //! BackendKeyData, ReadyForQuery).
 //!
 //! This module owns where a token may come from (the password, a `tenant_token` startup
-//! parameter, or `-c tenant_token=…` in `options`) and which startup parameters a client may
-//! set. It never forwards the token upstream, never logs it, and never lets a failure message
-//! quote it.
+//! parameter, or `-c tenant_token=…` in `options`), which startup parameters a client may
+//! set, and the client's side of encryption: SSLRequest answered `S` (or `N`), PostgreSQL
+//! 17's direct TLS, and `client_tls_sslmode = require`. It never forwards the token upstream,
+//! never logs it, and never lets a failure message quote it.
 
 use std::net::SocketAddr;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 
 use crate::auth::token::TokenError;
+use crate::config::ClientTlsMode;
+use crate::net::{ClientStream, Stream, send_all};
 use crate::pool::Pool;
 use crate::protocol::messages::{self, Severity};
 use crate::protocol::startup::{self, StartupError, StartupPacket, StartupParams};
@@ -59,6 +61,10 @@ pub enum LoginError {
     },
     #[error("client went away during login")]
     Gone,
+    /// Closed without a reply: the client speaks TLS where pgtenant cannot answer in TLS, or
+    /// the handshake failed.
+    #[error("connection closed during login ({reason})")]
+    Dropped { reason: &'static str },
     #[error("i/o error during login: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -83,19 +89,58 @@ impl From<TokenError> for LoginError {
     }
 }
 
-/// Runs the login phase up to (not including) the final ReadyForQuery.
+/// The first byte of a TLS record carrying a handshake message (a ClientHello); a startup
+/// packet starts with its length, whose first byte is 0 (they are under 10,000 bytes).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Runs the login phase up to (not including) the final ReadyForQuery. `stream` starts as
+/// plain TCP and comes back encrypted if the client asked for TLS.
 pub async fn login(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     peer: SocketAddr,
     shared: &Shared,
     over_limit: bool,
     out: &mut BytesMut,
 ) -> Result<LoginOutcome, LoginError> {
+    let tls = shared.tls.client();
+    // Direct TLS (PostgreSQL 17, "Protocol Flow: SSL Session Encryption"): the client opens
+    // with a ClientHello instead of an SSLRequest, and must negotiate ALPN "postgresql" so
+    // that a TLS client of another protocol cannot be steered here.
+    if opens_with_tls(stream).await? {
+        let Some(acceptor) = &tls.acceptor else {
+            return Err(LoginError::Dropped {
+                reason: "direct_tls_disabled",
+            });
+        };
+        upgrade(stream, acceptor, peer).await?;
+        if stream.alpn_protocol() != Some(crate::tls::ALPN_POSTGRESQL) {
+            return Err(LoginError::refused(
+                "08P01",
+                "tls_alpn",
+                "direct TLS connections must negotiate the ALPN protocol \"postgresql\"",
+            ));
+        }
+    }
     let params = loop {
         match startup::read_packet(stream).await {
-            Ok(StartupPacket::SslRequest) | Ok(StartupPacket::GssEncRequest) => {
-                // No TLS or GSS encryption yet: PostgreSQL's answer for "not available".
-                stream.write_all(b"N").await?;
+            Ok(StartupPacket::SslRequest | StartupPacket::GssEncRequest) if stream.is_tls() => {
+                return Err(LoginError::refused(
+                    "08P01",
+                    "protocol",
+                    "encryption was requested on a connection that is already encrypted",
+                ));
+            }
+            Ok(StartupPacket::SslRequest) => match &tls.acceptor {
+                Some(acceptor) => {
+                    send_all(stream, b"S").await?;
+                    upgrade(stream, acceptor, peer).await?;
+                }
+                // PostgreSQL's answer for "not available".
+                None => send_all(stream, b"N").await?,
+            },
+            Ok(StartupPacket::GssEncRequest) => {
+                // GSS encryption never is available.
+                send_all(stream, b"N").await?;
             }
             Ok(StartupPacket::Cancel { pid, secret }) => {
                 return Ok(LoginOutcome::Cancel { pid, secret });
@@ -109,6 +154,14 @@ pub async fn login(
             Err(e) => return Err(LoginError::refused("08P01", "protocol", e.to_string())),
         }
     };
+    if tls.mode == ClientTlsMode::Require && !stream.is_tls() {
+        return Err(LoginError::refused(
+            "28000",
+            "tls_required",
+            "pgtenant accepts only TLS connections (client_tls_sslmode = \"require\"): connect \
+             with sslmode=require or stronger",
+        ));
+    }
     if over_limit {
         return Err(LoginError::refused(
             "53300",
@@ -132,7 +185,7 @@ pub async fn login(
             )
         })?;
 
-    if !is_loopback(peer) && !shared.config.general.allow_plaintext_token {
+    if !secret_may_travel(peer, stream.is_tls(), shared) {
         return Err(LoginError::refused(
             "28000",
             "plaintext_token",
@@ -145,7 +198,7 @@ pub async fn login(
         Some(t) => t,
         None => {
             messages::auth_cleartext_password(out);
-            stream.write_all(out).await?;
+            send_all(stream, out).await?;
             out.clear();
             read_password(stream).await?
         }
@@ -192,13 +245,13 @@ pub async fn login(
 /// The admin console's login: the same plaintext rule as for tenant tokens, then an admin
 /// password or admin-claim token (see [`crate::admin::auth`]).
 async fn admin_login(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     peer: SocketAddr,
     shared: &Shared,
     request: ClientRequest,
     out: &mut BytesMut,
 ) -> Result<LoginOutcome, LoginError> {
-    if !is_loopback(peer) && !shared.config.general.allow_plaintext_token {
+    if !secret_may_travel(peer, stream.is_tls(), shared) {
         return Err(LoginError::refused(
             "28000",
             "plaintext_token",
@@ -210,7 +263,7 @@ async fn admin_login(
         Some(t) => t,
         None => {
             messages::auth_cleartext_password(out);
-            stream.write_all(out).await?;
+            send_all(stream, out).await?;
             out.clear();
             read_password(stream).await?
         }
@@ -225,6 +278,53 @@ async fn admin_login(
     drop(secret);
     crate::admin::write_welcome(out);
     Ok(LoginOutcome::Admin(Box::new(admin)))
+}
+
+/// Whether a token or password may be sent on this connection: always over TLS; over
+/// plaintext only from loopback, unless `allow_plaintext_token`.
+fn secret_may_travel(peer: SocketAddr, tls: bool, shared: &Shared) -> bool {
+    secret_may_travel_with(peer, tls, shared.config.general.allow_plaintext_token)
+}
+
+fn secret_may_travel_with(peer: SocketAddr, tls: bool, allow_plaintext: bool) -> bool {
+    tls || allow_plaintext || is_loopback(peer)
+}
+
+/// Whether the client's first byte starts a TLS handshake (without consuming it).
+async fn opens_with_tls(stream: &ClientStream) -> Result<bool, LoginError> {
+    let Some(tcp) = stream.tcp() else {
+        return Err(LoginError::Gone);
+    };
+    let mut first = [0u8; 1];
+    match tcp.peek(&mut first).await? {
+        0 => Err(LoginError::Gone),
+        _ => Ok(first[0] == TLS_HANDSHAKE_RECORD),
+    }
+}
+
+/// Runs the TLS handshake on the plain connection and puts the encrypted one in its place.
+async fn upgrade(
+    stream: &mut ClientStream,
+    acceptor: &tokio_rustls::TlsAcceptor,
+    peer: SocketAddr,
+) -> Result<(), LoginError> {
+    let Stream::Plain(tcp) = std::mem::replace(stream, Stream::Detached) else {
+        return Err(LoginError::Dropped {
+            reason: "tls_handshake",
+        });
+    };
+    match acceptor.accept(tcp).await {
+        Ok(tls) => {
+            *stream = Stream::Tls(Box::new(tls));
+            Ok(())
+        }
+        Err(e) => {
+            tracing::info!(%peer, error = %e, "client TLS handshake failed");
+            Err(LoginError::Dropped {
+                reason: "tls_handshake",
+            })
+        }
+    }
 }
 
 /// Whether a peer address is this machine's loopback (also as an IPv4-mapped IPv6 address):
@@ -345,7 +445,7 @@ impl ClientRequest {
     }
 }
 
-async fn read_password(stream: &mut TcpStream) -> Result<String, LoginError> {
+async fn read_password(stream: &mut ClientStream) -> Result<String, LoginError> {
     let mut header = [0u8; 5];
     match stream.read_exact(&mut header).await {
         Ok(_) => {}
@@ -421,6 +521,16 @@ mod tests {
             let peer: SocketAddr = addr.parse().unwrap();
             assert_eq!(is_loopback(peer), expected, "{addr}");
         }
+    }
+
+    #[test]
+    fn secrets_travel_over_tls_from_anywhere_and_over_plaintext_only_from_loopback() {
+        let remote: SocketAddr = "10.0.0.7:5000".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        assert!(secret_may_travel_with(remote, true, false));
+        assert!(!secret_may_travel_with(remote, false, false));
+        assert!(secret_may_travel_with(remote, false, true));
+        assert!(secret_may_travel_with(local, false, false));
     }
 
     #[test]

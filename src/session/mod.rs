@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -29,6 +30,7 @@ use tracing::Instrument;
 
 use crate::cancel::{CancelSlot, CancelTarget};
 use crate::guard::{Guard, TenantValue, Verdict as GuardVerdict};
+use crate::net::{ClientStream, READ_CHUNK, send_all};
 use crate::pool::statements::StmtDef;
 use crate::pool::{Checkout, Pool};
 use crate::protocol::messages::{self, Severity};
@@ -50,8 +52,6 @@ const UNNAMED_STATEMENT: u64 = u64::MAX;
 const HIGH_WATER: usize = 256 * 1024;
 /// Server messages can be as large as PostgreSQL allows (1 GB).
 const MAX_SERVER_MESSAGE: usize = 0x3fff_ffff;
-/// Initial read buffer for an active connection.
-const READ_CHUNK: usize = 16 * 1024;
 
 /// Why a session ended abnormally. `Client` errors are told to the client before closing.
 #[derive(Debug, thiserror::Error)]
@@ -81,14 +81,11 @@ impl SessionError {
 }
 
 /// Serves one accepted client connection to the end.
-pub async fn serve_client(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-    over_limit: bool,
-) {
+pub async fn serve_client(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, over_limit: bool) {
     let client_id = shared.next_client_id();
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    // The login may upgrade it to TLS.
+    let mut stream = ClientStream::Plain(tcp);
     let mut out = BytesMut::new();
     let login_timeout = shared.config.general.client_login_timeout;
     let outcome = tokio::time::timeout(
@@ -104,7 +101,7 @@ pub async fn serve_client(
                 "08006",
                 "client_login_timeout expired before login completed",
             );
-            let _ = stream.write_all(&out).await;
+            let _ = send_all(&mut stream, &out).await;
             tracing::info!(client = client_id, %peer, "login timed out");
             return;
         }
@@ -125,8 +122,13 @@ pub async fn serve_client(
             shared.stats.login_failed(reason);
             out.clear();
             login::refusal(&mut out, sqlstate, &message);
-            let _ = stream.write_all(&out).await;
+            let _ = send_all(&mut stream, &out).await;
             tracing::info!(client = client_id, %peer, reason, sqlstate, "login refused");
+            return;
+        }
+        Ok(Err(LoginError::Dropped { reason })) => {
+            shared.stats.login_failed(reason);
+            tracing::info!(client = client_id, %peer, reason, "connection closed during login");
             return;
         }
         Ok(Err(e)) => {
@@ -134,11 +136,15 @@ pub async fn serve_client(
             return;
         }
     };
+    let tls = stream.is_tls();
     if shared.config.general.log_connections {
-        tracing::info!(client = client_id, %peer, tenant = %logged_in.tenant, db = %logged_in.database, user = %logged_in.user, "login");
+        tracing::info!(client = client_id, %peer, tenant = %logged_in.tenant, db = %logged_in.database, user = %logged_in.user, tls, "login");
     }
     messages::ready_for_query(&mut out, b'I');
     shared.stats.logins.inc();
+    if tls {
+        shared.stats.tls_logins.inc();
+    }
     // Every line logged about this client from here on carries its id and tenant.
     let span = tracing::info_span!("client", id = client_id, tenant = %logged_in.tenant);
     let mut session = Session::new(client_id, stream, *logged_in, &shared, out);
@@ -152,7 +158,7 @@ pub async fn serve_client(
 
 struct Session {
     id: u64,
-    client: TcpStream,
+    client: ClientStream,
     pool: Arc<Pool>,
     tenant: TenantId,
     max_packet: usize,
@@ -254,11 +260,20 @@ struct ClientStatement {
 
 enum Event {
     Shutdown,
-    ClientReadable(std::io::Result<()>),
-    ServerReadable(std::io::Result<()>),
-    ClientWritable(std::io::Result<()>),
-    ServerWritable(std::io::Result<()>),
+    Io(Result<Moved, SessionError>),
     IdleTransactionTimeout,
+}
+
+/// What one poll of the sockets did.
+enum Moved {
+    /// Bytes left for the client or the server.
+    Sent,
+    /// Server bytes were appended to the bound server's read buffer.
+    ServerData,
+    /// Client bytes were appended to `cbuf`.
+    ClientData,
+    /// The client closed its side.
+    ClientEof,
 }
 
 enum Progress {
@@ -271,7 +286,7 @@ enum Progress {
 }
 
 impl Session {
-    fn new(id: u64, client: TcpStream, l: LoggedIn, shared: &Shared, out: BytesMut) -> Session {
+    fn new(id: u64, client: ClientStream, l: LoggedIn, shared: &Shared, out: BytesMut) -> Session {
         let setting = shared.config.general.tenant_setting.as_bytes();
         let tenant_stats = shared.stats.tenant(l.tenant.as_str());
         let inject = build_injection(setting, l.tenant.as_str().as_bytes());
@@ -345,19 +360,67 @@ impl Session {
                 && matches!(self.status, b'T' | b'E')
                 && self.to_server.is_empty();
             let idle_timeout = self.idle_transaction_timeout.filter(|_| idle_in_txn);
-            let server_stream = self.server.as_ref().map(Checkout::stream);
-            let client = &self.client;
             // Shutting down: a client between transactions is closed now; one in a
             // transaction finishes it first.
             let idle_client = self.server.is_none() && self.to_client.is_empty();
+            // One poll over both sockets, in a fixed order: drain towards the client, then
+            // towards the server, then read the server, then the client. Each direction
+            // moves what the socket takes now (one syscall on plain TCP) and reports it.
+            let io = std::future::poll_fn(|cx| {
+                if (!self.to_client.is_empty() || self.client.has_unflushed())
+                    && let Poll::Ready(sent) = self.client.poll_send(cx, &mut self.to_client)
+                {
+                    let n = match sent {
+                        Ok(n) => n,
+                        Err(e) => return Poll::Ready(Err(SessionError::ClientIo(e))),
+                    };
+                    self.pool.stats.bytes_sent.inc_by(n as u64);
+                    shrink_drained(&mut self.to_client);
+                    return Poll::Ready(Ok(Moved::Sent));
+                }
+                if let Some(checkout) = self.server.as_mut() {
+                    let conn = checkout.conn();
+                    if (!self.to_server.is_empty() || conn.stream.has_unflushed())
+                        && let Poll::Ready(sent) = conn.stream.poll_send(cx, &mut self.to_server)
+                    {
+                        if let Err(e) = sent {
+                            return Poll::Ready(Err(SessionError::ServerIo(e)));
+                        }
+                        shrink_drained(&mut self.to_server);
+                        return Poll::Ready(Ok(Moved::Sent));
+                    }
+                    if want_server
+                        && let Poll::Ready(read) = conn.stream.poll_receive(cx, &mut conn.rbuf)
+                    {
+                        return Poll::Ready(match read {
+                            Ok(0) => Err(SessionError::ServerIo(std::io::Error::new(
+                                std::io::ErrorKind::UnexpectedEof,
+                                "server closed the connection",
+                            ))),
+                            Ok(_) => Ok(Moved::ServerData),
+                            Err(e) => Err(SessionError::ServerIo(e)),
+                        });
+                    }
+                }
+                if want_client
+                    && let Poll::Ready(read) = self.client.poll_receive(cx, &mut self.cbuf)
+                {
+                    return Poll::Ready(match read {
+                        Ok(0) => Ok(Moved::ClientEof),
+                        Ok(n) => {
+                            self.pool.stats.bytes_received.inc_by(n as u64);
+                            Ok(Moved::ClientData)
+                        }
+                        Err(e) => Err(SessionError::ClientIo(e)),
+                    });
+                }
+                Poll::Pending
+            });
             let shutdown = &self.shutdown;
             let event = tokio::select! {
                 biased;
                 _ = shutdown.cancelled(), if idle_client => Event::Shutdown,
-                r = client.writable(), if !self.to_client.is_empty() => Event::ClientWritable(r),
-                r = writable(server_stream), if !self.to_server.is_empty() => Event::ServerWritable(r),
-                r = readable(server_stream), if want_server => Event::ServerReadable(r),
-                r = client.readable(), if want_client => Event::ClientReadable(r),
+                moved = io => Event::Io(moved),
                 _ = sleep_opt(idle_timeout) => Event::IdleTransactionTimeout,
             };
             match event {
@@ -367,50 +430,11 @@ impl Session {
                         "terminating connection due to administrator command (pgtenant is shutting down)",
                     ));
                 }
-                Event::ClientWritable(r) => {
-                    r.map_err(SessionError::ClientIo)?;
-                    write_some(&self.client, &mut self.to_client)
-                        .map_err(SessionError::ClientIo)?;
-                }
-                Event::ServerWritable(r) => {
-                    r.map_err(SessionError::ServerIo)?;
-                    let Some(server) = self.server.as_ref() else {
-                        return Err(SessionError::Desync('?'));
-                    };
-                    write_some(server.stream(), &mut self.to_server)
-                        .map_err(SessionError::ServerIo)?;
-                }
-                Event::ServerReadable(r) => {
-                    r.map_err(SessionError::ServerIo)?;
-                    let server = self.server_mut()?;
-                    let conn = server.conn();
-                    if conn.rbuf.capacity() - conn.rbuf.len() < 1024 {
-                        conn.rbuf.reserve(READ_CHUNK);
-                    }
-                    match conn.stream.try_read_buf(&mut conn.rbuf) {
-                        Ok(0) => {
-                            return Err(SessionError::ServerIo(std::io::Error::new(
-                                std::io::ErrorKind::UnexpectedEof,
-                                "server closed the connection",
-                            )));
-                        }
-                        Ok(_) => self.process_server()?,
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(SessionError::ServerIo(e)),
-                    }
-                }
-                Event::ClientReadable(r) => {
-                    r.map_err(SessionError::ClientIo)?;
-                    if self.cbuf.capacity() - self.cbuf.len() < 1024 {
-                        self.cbuf.reserve(READ_CHUNK);
-                    }
-                    match self.client.try_read_buf(&mut self.cbuf) {
-                        Ok(0) => return Ok(()),
-                        Ok(n) => self.pool.stats.bytes_received.inc_by(n as u64),
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(SessionError::ClientIo(e)),
-                    }
-                }
+                Event::Io(moved) => match moved? {
+                    Moved::Sent | Moved::ClientData => {}
+                    Moved::ServerData => self.process_server()?,
+                    Moved::ClientEof => return Ok(()),
+                },
                 Event::IdleTransactionTimeout => {
                     return Err(SessionError::client(
                         "25P03",
@@ -446,10 +470,6 @@ impl Session {
         if self.to_server.is_empty() {
             self.to_server = BytesMut::new();
         }
-    }
-
-    fn server_mut(&mut self) -> Result<&mut Checkout, SessionError> {
-        self.server.as_mut().ok_or(SessionError::Desync('?'))
     }
 
     /// Checks out a server for the transaction the next client message starts.
@@ -1843,11 +1863,15 @@ impl Session {
             }
             Err(SessionError::ClientIo(_)) | Err(SessionError::ServerTerminated) => {}
         }
-        if !self.to_client.is_empty() {
-            let _ = tokio::time::timeout(
-                Duration::from_secs(1),
-                self.client.write_all(&self.to_client),
-            )
+        if !self.to_client.is_empty() || self.client.is_tls() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                send_all(&mut self.client, &self.to_client).await?;
+                if self.client.is_tls() {
+                    // close_notify: the client can tell the end from a cut connection.
+                    self.client.shutdown().await?;
+                }
+                Ok::<_, std::io::Error>(())
+            })
             .await;
         }
         self.cancel.unbind().await;
@@ -2033,20 +2057,6 @@ fn split_cstr(data: &[u8]) -> Result<(&[u8], &[u8]), SessionError> {
     })
 }
 
-async fn readable(s: Option<&TcpStream>) -> std::io::Result<()> {
-    match s {
-        Some(s) => s.readable().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn writable(s: Option<&TcpStream>) -> std::io::Result<()> {
-    match s {
-        Some(s) => s.writable().await,
-        None => std::future::pending().await,
-    }
-}
-
 async fn sleep_opt(d: Option<Duration>) {
     match d {
         Some(d) => tokio::time::sleep(d).await,
@@ -2054,17 +2064,9 @@ async fn sleep_opt(d: Option<Duration>) {
     }
 }
 
-/// Writes as much of `buf` as the socket takes without blocking; returns how much.
-fn write_some(stream: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
-    match stream.try_write(buf) {
-        Ok(n) => {
-            let _ = buf.split_to(n);
-            if buf.is_empty() && buf.capacity() > READ_CHUNK * 4 {
-                *buf = BytesMut::new();
-            }
-            Ok(n)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
-        Err(e) => Err(e),
+/// A send buffer that grew for a burst and is now empty goes back to nothing.
+fn shrink_drained(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > READ_CHUNK * 4 {
+        *buf = BytesMut::new();
     }
 }

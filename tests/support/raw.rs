@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{CLIENT_USER, PROXY_DBNAME};
@@ -30,7 +30,7 @@ pub struct BackendMsg {
 
 /// Reads one message, or `None` at EOF (or a reset). Panics if the proxy neither sends a
 /// whole message nor closes within [`READ_BOUND`].
-pub async fn read_msg(stream: &mut TcpStream) -> Option<BackendMsg> {
+pub async fn read_msg<S: AsyncRead + Unpin>(stream: &mut S) -> Option<BackendMsg> {
     let read = async {
         let mut header = [0u8; 5];
         if stream.read_exact(&mut header).await.is_err() {
@@ -90,10 +90,11 @@ pub async fn raw_connect(port: u16) -> TcpStream {
     TcpStream::connect(("127.0.0.1", port)).await.unwrap()
 }
 
-pub async fn write_startup(stream: &mut TcpStream, params: &[(&str, &str)]) {
+pub async fn write_startup<S: AsyncWrite + Unpin>(stream: &mut S, params: &[(&str, &str)]) {
     let mut buf = BytesMut::new();
     frontend::startup_message(params.iter().copied(), &mut buf).unwrap();
     stream.write_all(&buf).await.unwrap();
+    stream.flush().await.unwrap();
 }
 
 /// Connects and sends a StartupMessage with `params`.
@@ -116,7 +117,7 @@ pub struct LoginReply {
 }
 
 /// Reads the login replies until ReadyForQuery, an error, EOF, or a password request.
-pub async fn read_login(stream: &mut TcpStream) -> LoginReply {
+pub async fn read_login<S: AsyncRead + Unpin>(stream: &mut S) -> LoginReply {
     let mut reply = LoginReply::default();
     while let Some(msg) = read_msg(stream).await {
         match msg.tag {
@@ -177,10 +178,14 @@ pub async fn raw_login(port: u16, token: &str, extra: &[(&str, &str)]) -> (TcpSt
 }
 
 /// Runs a simple query on a raw, logged-in connection; returns the first column of each row.
-pub async fn raw_query(stream: &mut TcpStream, sql: &str) -> Vec<String> {
+pub async fn raw_query<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    sql: &str,
+) -> Vec<String> {
     let mut buf = BytesMut::new();
     frontend::query(sql, &mut buf).unwrap();
     stream.write_all(&buf).await.unwrap();
+    stream.flush().await.unwrap();
     let mut rows = Vec::new();
     loop {
         let msg = read_msg(stream)

@@ -104,7 +104,9 @@ impl Drop for Slot {
 }
 
 struct PoolState {
-    idle: Vec<ServerConn>,
+    /// Boxed: connections move between the pool and sessions on every transaction, and an
+    /// idle client's session keeps only a pointer's worth of room for one.
+    idle: Vec<Box<ServerConn>>,
     /// Idle + checked out + being opened.
     total: usize,
     waiters: VecDeque<oneshot::Sender<Grant>>,
@@ -224,6 +226,31 @@ impl Pool {
         Ok(p.clone())
     }
 
+    /// An idle connection if one is ready now and nobody is queued before us: the common
+    /// case, without the future of [`Pool::checkout`] (whose connect and wait states would
+    /// otherwise live in every client's task, idle or not).
+    pub fn try_checkout(self: &Arc<Self>) -> Option<Checkout> {
+        loop {
+            let conn = {
+                let mut st = self.lock();
+                if st.closed || !st.waiters.is_empty() {
+                    return None;
+                }
+                self.take_idle(&mut st)?
+            };
+            let mut checkout = Checkout {
+                conn: Some(conn),
+                pool: Arc::clone(self),
+            };
+            if self.is_stale(checkout.conn()) {
+                checkout.discard();
+                continue;
+            }
+            self.counters.checkouts.fetch_add(1, Ordering::Relaxed);
+            return Some(checkout);
+        }
+    }
+
     /// Hands out a server connection: an idle one, a new one while under the limit, or the
     /// next one released, in arrival order, waiting at most `query_wait_timeout`.
     pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, PoolError> {
@@ -332,7 +359,7 @@ impl Pool {
         }
     }
 
-    fn take_idle(&self, st: &mut PoolState) -> Option<ServerConn> {
+    fn take_idle(&self, st: &mut PoolState) -> Option<Box<ServerConn>> {
         // Most recently used first: its caches are warm and the others can age out.
         st.idle.pop()
     }
@@ -345,7 +372,7 @@ impl Pool {
         too_old || conn.is_dead()
     }
 
-    async fn open(&self) -> Result<ServerConn, PoolError> {
+    async fn open(&self) -> Result<Box<ServerConn>, PoolError> {
         self.counters.connects.fetch_add(1, Ordering::Relaxed);
         let connect = ServerConn::connect(&self.db, self.settings.server_connect_timeout).await;
         let mut conn = match connect {
@@ -413,7 +440,7 @@ impl Pool {
             *p = params;
         }
         tracing::debug!(db = %self.name, server = conn.id, pid = conn.backend_pid, "server connection opened");
-        Ok(conn)
+        Ok(Box::new(conn))
     }
 
     /// Gives back a slot whose connection never came to be or was closed, passing it on to
@@ -433,13 +460,13 @@ impl Pool {
     }
 
     /// Drops a connection that must not be reused.
-    fn forget(self: &Arc<Self>, conn: ServerConn) {
+    fn forget(self: &Arc<Self>, conn: Box<ServerConn>) {
         tracing::debug!(db = %self.name, server = conn.id, "server connection closed");
         drop(conn);
         self.give_back_slot();
     }
 
-    fn put_back(self: &Arc<Self>, mut conn: ServerConn) {
+    fn put_back(self: &Arc<Self>, mut conn: Box<ServerConn>) {
         conn.last_used = Instant::now();
         let mut st = self.lock();
         if st.closed {
@@ -550,7 +577,7 @@ fn unreachable_grant() {
 /// A server connection checked out of a pool. Deref to use it; `release` returns it, and
 /// dropping it without `release` closes it.
 pub struct Checkout {
-    conn: Option<ServerConn>,
+    conn: Option<Box<ServerConn>>,
     pool: Arc<Pool>,
 }
 

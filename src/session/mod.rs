@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tracing::Instrument;
 
 use crate::cancel::{CancelSlot, CancelTarget};
 use crate::guard::{Guard, TenantValue, Verdict as GuardVerdict};
@@ -91,9 +90,17 @@ pub async fn serve_client(
     let _ = stream.set_nodelay(true);
     let mut out = BytesMut::new();
     let login_timeout = shared.config.general.client_login_timeout;
+    // Boxed here and below: a task's future lives as long as its client, and an idle
+    // client should not carry the login's or a transaction's state (see `Session::run`).
     let outcome = tokio::time::timeout(
         login_timeout,
-        login::login(&mut stream, peer, &shared, over_limit, &mut out),
+        Box::pin(login::login(
+            &mut stream,
+            peer,
+            &shared,
+            over_limit,
+            &mut out,
+        )),
     )
     .await;
     let logged_in = match outcome {
@@ -114,7 +121,10 @@ pub async fn serve_client(
         }
         Ok(Ok(LoginOutcome::Session(l))) => l,
         Ok(Ok(LoginOutcome::Admin(admin))) => {
-            crate::admin::serve(stream, peer, client_id, shared, *admin, out).await;
+            Box::pin(crate::admin::serve(
+                stream, peer, client_id, shared, *admin, out,
+            ))
+            .await;
             return;
         }
         Ok(Err(LoginError::Refused {
@@ -139,15 +149,12 @@ pub async fn serve_client(
     }
     messages::ready_for_query(&mut out, b'I');
     shared.stats.logins.inc();
-    // Every line logged about this client from here on carries its id and tenant.
-    let span = tracing::info_span!("client", id = client_id, tenant = %logged_in.tenant);
-    let mut session = Session::new(client_id, stream, *logged_in, &shared, out);
-    async {
-        let result = session.run().await;
-        session.finish(result, &shared).await;
-    }
-    .instrument(span)
-    .await;
+    // Every line the session logs names the client's id and tenant as fields. (Not a
+    // span: a span per client costs ~0.5 KiB in the subscriber's registry for as long as
+    // the client stays connected, and an enter/exit on every poll.)
+    let mut session = Session::boxed(client_id, stream, logged_in, &shared, out);
+    let result = Box::pin(session.run()).await;
+    Box::pin(session.finish(result, &shared)).await;
 }
 
 struct Session {
@@ -178,8 +185,6 @@ struct Session {
     /// Remaining parts of a client Query split after a transaction-ending statement.
     pieces: VecDeque<Range<usize>>,
     pieces_text: Bytes,
-    /// Bind + Execute of the injection statement with this client's tenant, built once.
-    inject: Bytes,
     /// With `tenant_seal`: the sealed injection for the server with this id.
     sealed_inject: Option<(u64, Bytes)>,
     /// Parameters the client chose.
@@ -189,7 +194,7 @@ struct Session {
     /// Other session settings the client made, replayed on each server it uses.
     extra: ExtraSettings,
     /// Settings being read back from the server (see `params::CAPTURE_SQL`).
-    captured: Option<(ParamSet, ExtraSettings)>,
+    captured: Option<Box<(ParamSet, ExtraSettings)>>,
     /// The bound server carries settings of this client's that must be reset before reuse.
     reset_needed: bool,
     /// The reset (and capture) query is in flight: the client's next transaction waits for
@@ -271,10 +276,20 @@ enum Progress {
 }
 
 impl Session {
+    /// Takes the login's box apart here, so it is freed now rather than when the client
+    /// disconnects.
+    fn boxed(
+        id: u64,
+        client: TcpStream,
+        l: Box<LoggedIn>,
+        shared: &Shared,
+        out: BytesMut,
+    ) -> Box<Session> {
+        Box::new(Session::new(id, client, *l, shared, out))
+    }
+
     fn new(id: u64, client: TcpStream, l: LoggedIn, shared: &Shared, out: BytesMut) -> Session {
-        let setting = shared.config.general.tenant_setting.as_bytes();
         let tenant_stats = shared.stats.tenant(l.tenant.as_str());
-        let inject = build_injection(setting, l.tenant.as_str().as_bytes());
         Session {
             id,
             client,
@@ -294,7 +309,6 @@ impl Session {
             maybe_ended: false,
             pieces: VecDeque::new(),
             pieces_text: Bytes::new(),
-            inject,
             sealed_inject: None,
             startup_params: l.params.clone(),
             params: l.params,
@@ -456,7 +470,12 @@ impl Session {
     async fn bind_server(&mut self) -> Result<(), SessionError> {
         self.tracker.set(ClientState::Waiting);
         let waiting_since = Instant::now();
-        let checkout = self.pool.checkout().await;
+        let checkout = match self.pool.try_checkout() {
+            Some(c) => Ok(c),
+            // Boxed: waiting or connecting is the rare case, and its state would otherwise
+            // be part of every idle client's task.
+            None => Box::pin(self.pool.checkout()).await,
+        };
         let waited = waiting_since.elapsed();
         self.pool.stats.waited(waited);
         self.tracker
@@ -479,13 +498,11 @@ impl Session {
         self.session_changed = false;
         self.unnamed_on_server = false;
         let conn = checkout.conn();
-        self.cancel
-            .bind(CancelTarget {
-                addr: self.pool.upstream_addr(),
-                pid: conn.backend_pid,
-                secret: conn.backend_secret,
-            })
-            .await;
+        self.cancel.bind(CancelTarget {
+            addr: self.pool.upstream_addr(),
+            pid: conn.backend_pid,
+            secret: conn.backend_secret,
+        });
         let conn = checkout.conn();
         if params::append_apply_query(
             &mut self.to_server,
@@ -544,7 +561,9 @@ impl Session {
         }
         self.force_release = false;
         // First make sure no cancel of this client can reach the server any more.
-        self.cancel.unbind().await;
+        if !self.cancel.try_unbind() {
+            self.cancel.unbind().await;
+        }
         self.transaction_done();
         if let Some(server) = self.server.take() {
             if self.dirty {
@@ -1518,7 +1537,16 @@ impl Session {
             // Without a registered secret a sealed pool would inject an unsealed tenant, which
             // the sealed policies refuse anyway (fail closed); the pool never hands out such
             // a server (registration failure closes it).
-            None => self.to_server.extend_from_slice(&self.inject),
+            // Written afresh each time (a few dozen bytes): cheaper than every idle client
+            // keeping its own copy.
+            None => put_bind_execute(
+                &mut self.to_server,
+                INJECT_STATEMENT.as_bytes(),
+                &[
+                    self.tenant_setting.as_bytes(),
+                    self.tenant.as_str().as_bytes(),
+                ],
+            ),
         }
         self.expect.push(Expected::proxy(Reply::Bind));
         self.expect.push(Expected::proxy(Reply::Execute));
@@ -1689,6 +1717,7 @@ impl Session {
                 } else {
                     tracing::error!(
                         client = self.id,
+                        tenant = %self.tenant,
                         sqlstate = %String::from_utf8_lossy(sqlstate),
                         "setting the tenant failed; closing the session"
                     );
@@ -1705,7 +1734,8 @@ impl Session {
                 if self.resetting && self.expect.is_empty() {
                     self.resetting = false;
                     self.force_release = true;
-                    if let Some((params, extra)) = self.captured.take() {
+                    if let Some(captured) = self.captured.take() {
+                        let (params, extra) = *captured;
                         self.params = params;
                         self.extra = extra;
                     }
@@ -1775,7 +1805,7 @@ impl Session {
 
     /// Records one `(name, setting)` row of the capture query.
     fn capture_row(&mut self, msg: &[u8]) {
-        let Some((params, extra)) = self.captured.as_mut() else {
+        let Some((params, extra)) = self.captured.as_deref_mut() else {
             return;
         };
         let mut cols = data_row_text(protocol::payload(msg));
@@ -1820,7 +1850,7 @@ impl Session {
                 );
             }
             Err(SessionError::ServerIo(e)) => {
-                tracing::warn!(client = self.id, error = %e, "server connection lost mid-transaction");
+                tracing::warn!(client = self.id, tenant = %self.tenant, error = %e, "server connection lost mid-transaction");
                 self.dirty = true;
                 messages::error_response(
                     &mut self.to_client,
@@ -1831,7 +1861,7 @@ impl Session {
                 );
             }
             Err(SessionError::Desync(tag)) => {
-                tracing::error!(client = self.id, tag = %tag, "protocol desync with server; closing both");
+                tracing::error!(client = self.id, tenant = %self.tenant, tag = %tag, "protocol desync with server; closing both");
                 self.dirty = true;
                 messages::error_response(
                     &mut self.to_client,
@@ -1882,12 +1912,6 @@ impl Session {
 
 /// Bind (unnamed portal, the injection statement, text parameters `[setting, tenant]`) and
 /// Execute, exactly as sent before each transaction.
-fn build_injection(setting: &[u8], tenant: &[u8]) -> Bytes {
-    let mut b = BytesMut::new();
-    put_bind_execute(&mut b, INJECT_STATEMENT.as_bytes(), &[setting, tenant]);
-    b.freeze()
-}
-
 /// Bind (unnamed portal, `statement`, text parameters) and Execute (all rows).
 fn put_bind_execute(out: &mut BytesMut, statement: &[u8], params: &[&[u8]]) {
     protocol::put_message(out, b'B', |b| {

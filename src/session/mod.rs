@@ -90,7 +90,7 @@ pub async fn serve_client(
     let client_id = shared.next_client_id();
     let _ = stream.set_nodelay(true);
     let mut out = BytesMut::new();
-    let login_timeout = shared.config.general.client_login_timeout;
+    let login_timeout = shared.config().general.client_login_timeout;
     let outcome = tokio::time::timeout(
         login_timeout,
         login::login(&mut stream, peer, &shared, over_limit, &mut out),
@@ -134,14 +134,22 @@ pub async fn serve_client(
             return;
         }
     };
-    if shared.config.general.log_connections {
+    if shared.config().general.log_connections {
         tracing::info!(client = client_id, %peer, tenant = %logged_in.tenant, db = %logged_in.database, user = %logged_in.user, "login");
     }
     messages::ready_for_query(&mut out, b'I');
     shared.stats.logins.inc();
     // Every line logged about this client from here on carries its id and tenant.
     let span = tracing::info_span!("client", id = client_id, tenant = %logged_in.tenant);
-    let mut session = Session::new(client_id, stream, *logged_in, &shared, out);
+    // Listed for SHOW CLIENTS and reachable by KILL/KILL_CLIENT until the session ends.
+    let registration = shared.logged_in.register(crate::clients::NewClient {
+        id: client_id,
+        database: logged_in.database.clone(),
+        user: logged_in.user.clone(),
+        tenant: logged_in.tenant.as_str().to_owned(),
+        peer,
+    });
+    let mut session = Session::new(client_id, stream, *logged_in, &shared, out, registration);
     async {
         let result = session.run().await;
         session.finish(result, &shared).await;
@@ -254,6 +262,7 @@ struct ClientStatement {
 
 enum Event {
     Shutdown,
+    Killed,
     ClientReadable(std::io::Result<()>),
     ServerReadable(std::io::Result<()>),
     ClientWritable(std::io::Result<()>),
@@ -271,18 +280,27 @@ enum Progress {
 }
 
 impl Session {
-    fn new(id: u64, client: TcpStream, l: LoggedIn, shared: &Shared, out: BytesMut) -> Session {
-        let setting = shared.config.general.tenant_setting.as_bytes();
+    fn new(
+        id: u64,
+        client: TcpStream,
+        l: LoggedIn,
+        shared: &Shared,
+        out: BytesMut,
+        registration: crate::clients::Registration,
+    ) -> Session {
+        let config = shared.config();
+        let setting = config.general.tenant_setting.as_bytes();
         let tenant_stats = shared.stats.tenant(l.tenant.as_str());
         let inject = build_injection(setting, l.tenant.as_str().as_bytes());
+        let pool_stats = Arc::clone(&l.pool.stats);
         Session {
             id,
             client,
             pool: l.pool,
             tenant: l.tenant,
-            max_packet: shared.config.general.max_packet_size,
-            max_prepared: shared.config.general.max_prepared_statements,
-            idle_transaction_timeout: shared.config.general.idle_transaction_timeout,
+            max_packet: config.general.max_packet_size,
+            max_prepared: config.general.max_prepared_statements,
+            idle_transaction_timeout: config.general.idle_transaction_timeout,
             cbuf: BytesMut::new(),
             to_client: out,
             to_server: BytesMut::new(),
@@ -303,7 +321,7 @@ impl Session {
             reset_needed: false,
             resetting: false,
             force_release: false,
-            tenant_setting: shared.config.general.tenant_setting.clone(),
+            tenant_setting: config.general.tenant_setting.clone(),
             statements: HashMap::new(),
             unnamed_parse: None,
             unnamed_parse_owned: false,
@@ -313,7 +331,12 @@ impl Session {
             copy_end_seq: 0,
             dirty: false,
             session_changed: false,
-            tracker: ClientTracker::new(Arc::clone(&shared.stats), tenant_stats),
+            tracker: ClientTracker::new(
+                Arc::clone(&shared.stats),
+                tenant_stats,
+                pool_stats,
+                registration,
+            ),
             xact_started: None,
             guard: Arc::clone(&shared.guard),
             stats: Arc::clone(&shared.stats),
@@ -351,9 +374,11 @@ impl Session {
             // transaction finishes it first.
             let idle_client = self.server.is_none() && self.to_client.is_empty();
             let shutdown = &self.shutdown;
+            let kill_signal = self.tracker.killed();
             let event = tokio::select! {
                 biased;
                 _ = shutdown.cancelled(), if idle_client => Event::Shutdown,
+                _ = kill_signal => Event::Killed,
                 r = client.writable(), if !self.to_client.is_empty() => Event::ClientWritable(r),
                 r = writable(server_stream), if !self.to_server.is_empty() => Event::ServerWritable(r),
                 r = readable(server_stream), if want_server => Event::ServerReadable(r),
@@ -367,6 +392,7 @@ impl Session {
                         "terminating connection due to administrator command (pgtenant is shutting down)",
                     ));
                 }
+                Event::Killed => return Err(killed()),
                 Event::ClientWritable(r) => {
                     r.map_err(SessionError::ClientIo)?;
                     write_some(&self.client, &mut self.to_client)
@@ -456,7 +482,10 @@ impl Session {
     async fn bind_server(&mut self) -> Result<(), SessionError> {
         self.tracker.set(ClientState::Waiting);
         let waiting_since = Instant::now();
-        let checkout = self.pool.checkout().await;
+        let checkout = tokio::select! {
+            c = self.pool.checkout() => c,
+            _ = self.tracker.killed() => return Err(killed()),
+        };
         let waited = waiting_since.elapsed();
         self.pool.stats.waited(waited);
         self.tracker
@@ -478,10 +507,11 @@ impl Session {
         self.copy_in = false;
         self.session_changed = false;
         self.unnamed_on_server = false;
+        let addr = checkout.upstream_addr();
         let conn = checkout.conn();
         self.cancel
             .bind(CancelTarget {
-                addr: self.pool.upstream_addr(),
+                addr,
                 pid: conn.backend_pid,
                 secret: conn.backend_secret,
             })
@@ -535,9 +565,11 @@ impl Session {
             }
             return;
         }
-        // A pipelined next transaction is already here: keep the server for it.
+        // A pipelined next transaction is already here: keep the server for it (unless the
+        // pool wants it back: PAUSE, RECONNECT).
         if !self.dirty
             && !self.force_release
+            && self.server.as_ref().is_some_and(Checkout::reusable)
             && matches!(peek_frame(&self.cbuf, self.max_packet), Ok(Some(_)))
         {
             return;
@@ -1869,7 +1901,7 @@ impl Session {
                 server.discard();
             }
         }
-        if shared.config.general.log_disconnections {
+        if shared.config().general.log_disconnections {
             match &result {
                 Ok(()) => tracing::info!(client = self.id, tenant = %self.tenant, "disconnect"),
                 Err(e) => {
@@ -1878,6 +1910,15 @@ impl Session {
             }
         }
     }
+}
+
+/// What a client ended by KILL or KILL_CLIENT is told (PostgreSQL's words for
+/// `pg_terminate_backend`).
+fn killed() -> SessionError {
+    SessionError::client(
+        "57P01",
+        "terminating connection due to administrator command",
+    )
 }
 
 /// Bind (unnamed portal, the injection statement, text parameters `[setting, tenant]`) and

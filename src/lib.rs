@@ -14,7 +14,9 @@
 //! - [`pool`]: one bounded pool per upstream database; [`server`]: one upstream connection
 //!   (SCRAM/MD5/cleartext login, role check, the injection statement).
 //! - [`config`]: TOML configuration with PgBouncer's names; [`state`]: what every
-//!   connection shares.
+//!   connection shares; [`reload`]: SIGHUP and RELOAD apply a changed file, all or nothing.
+//! - [`clients`]: the registry of logged-in clients that SHOW CLIENTS, KILL and KILL_CLIENT
+//!   use.
 //! - [`metrics`] (`/metrics`, `/healthz`, `/readyz`) and [`admin`] (the `pgtenant` console
 //!   database): what operators see, both read from [`stats`] through [`admin::snapshot`].
 //! - [`cluster`] and [`demo`]: a throwaway local PostgreSQL for `pgtenant demo` and tests.
@@ -23,6 +25,7 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod cancel;
+pub mod clients;
 pub mod cluster;
 pub mod config;
 pub mod demo;
@@ -31,6 +34,7 @@ pub mod listener;
 pub mod metrics;
 pub mod pool;
 pub mod protocol;
+pub mod reload;
 pub mod server;
 pub mod session;
 pub mod sql;

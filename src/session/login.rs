@@ -120,7 +120,9 @@ pub async fn login(
     if crate::admin::auth::is_admin_database(shared, &request.database) {
         return admin_login(stream, peer, shared, request, out).await;
     }
-    let pool = shared
+    // One snapshot of the configuration for the whole login, whatever a reload does meanwhile.
+    let current = shared.current();
+    let pool = current
         .pools
         .get(&request.database)
         .cloned()
@@ -132,7 +134,7 @@ pub async fn login(
             )
         })?;
 
-    if !is_loopback(peer) && !shared.config.general.allow_plaintext_token {
+    if !is_loopback(peer) && !current.config.general.allow_plaintext_token {
         return Err(LoginError::refused(
             "28000",
             "plaintext_token",
@@ -150,7 +152,7 @@ pub async fn login(
             read_password(stream).await?
         }
     };
-    let verified = shared.verifier.verify(&token)?;
+    let verified = current.verifier.verify(&token)?;
     drop(token);
 
     let server_params = pool
@@ -198,7 +200,7 @@ async fn admin_login(
     request: ClientRequest,
     out: &mut BytesMut,
 ) -> Result<LoginOutcome, LoginError> {
-    if !is_loopback(peer) && !shared.config.general.allow_plaintext_token {
+    if !is_loopback(peer) && !shared.config().general.allow_plaintext_token {
         return Err(LoginError::refused(
             "28000",
             "plaintext_token",
@@ -277,7 +279,8 @@ impl ClientRequest {
             .to_owned();
         let mut token = None;
         let mut params: ParamSet = Default::default();
-        let tenant_setting = shared.config.general.tenant_setting.as_str();
+        let config = shared.config();
+        let tenant_setting = config.general.tenant_setting.as_str();
         let mut set = |name: &str,
                        value: &str,
                        token: &mut Option<String>|

@@ -89,7 +89,7 @@ pub async fn serve_client(
     let client_id = shared.next_client_id();
     let _ = stream.set_nodelay(true);
     let mut out = BytesMut::new();
-    let login_timeout = shared.config.general.client_login_timeout;
+    let login_timeout = shared.config().general.client_login_timeout;
     // Boxed here and below: a task's future lives as long as its client, and an idle
     // client should not carry the login's or a transaction's state (see `Session::run`).
     let outcome = tokio::time::timeout(
@@ -144,15 +144,23 @@ pub async fn serve_client(
             return;
         }
     };
-    if shared.config.general.log_connections {
+    if shared.config().general.log_connections {
         tracing::info!(client = client_id, %peer, tenant = %logged_in.tenant, db = %logged_in.database, user = %logged_in.user, "login");
     }
     messages::ready_for_query(&mut out, b'I');
     shared.stats.logins.inc();
+    // Listed for SHOW CLIENTS and reachable by KILL/KILL_CLIENT until the session ends.
+    let registration = shared.logged_in.register(crate::clients::NewClient {
+        id: client_id,
+        database: logged_in.database.clone(),
+        user: logged_in.user.clone(),
+        tenant: logged_in.tenant.as_str().to_owned(),
+        peer,
+    });
     // Every line the session logs names the client's id and tenant as fields. (Not a
     // span: a span per client costs ~0.5 KiB in the subscriber's registry for as long as
     // the client stays connected, and an enter/exit on every poll.)
-    let mut session = Session::boxed(client_id, stream, logged_in, &shared, out);
+    let mut session = Session::boxed(client_id, stream, logged_in, &shared, out, registration);
     let result = Box::pin(session.run()).await;
     Box::pin(session.finish(result, &shared)).await;
 }
@@ -259,6 +267,7 @@ struct ClientStatement {
 
 enum Event {
     Shutdown,
+    Killed,
     ClientReadable(std::io::Result<()>),
     ServerReadable(std::io::Result<()>),
     ClientWritable(std::io::Result<()>),
@@ -284,20 +293,30 @@ impl Session {
         l: Box<LoggedIn>,
         shared: &Shared,
         out: BytesMut,
+        registration: crate::clients::Registration,
     ) -> Box<Session> {
-        Box::new(Session::new(id, client, *l, shared, out))
+        Box::new(Session::new(id, client, *l, shared, out, registration))
     }
 
-    fn new(id: u64, client: TcpStream, l: LoggedIn, shared: &Shared, out: BytesMut) -> Session {
+    fn new(
+        id: u64,
+        client: TcpStream,
+        l: LoggedIn,
+        shared: &Shared,
+        out: BytesMut,
+        registration: crate::clients::Registration,
+    ) -> Session {
+        let config = shared.config();
         let tenant_stats = shared.stats.tenant(l.tenant.as_str());
+        let pool_stats = Arc::clone(&l.pool.stats);
         Session {
             id,
             client,
             pool: l.pool,
             tenant: l.tenant,
-            max_packet: shared.config.general.max_packet_size,
-            max_prepared: shared.config.general.max_prepared_statements,
-            idle_transaction_timeout: shared.config.general.idle_transaction_timeout,
+            max_packet: config.general.max_packet_size,
+            max_prepared: config.general.max_prepared_statements,
+            idle_transaction_timeout: config.general.idle_transaction_timeout,
             cbuf: BytesMut::new(),
             to_client: out,
             to_server: BytesMut::new(),
@@ -317,7 +336,7 @@ impl Session {
             reset_needed: false,
             resetting: false,
             force_release: false,
-            tenant_setting: shared.config.general.tenant_setting.clone(),
+            tenant_setting: config.general.tenant_setting.clone(),
             statements: HashMap::new(),
             unnamed_parse: None,
             unnamed_parse_owned: false,
@@ -327,7 +346,12 @@ impl Session {
             copy_end_seq: 0,
             dirty: false,
             session_changed: false,
-            tracker: ClientTracker::new(Arc::clone(&shared.stats), tenant_stats),
+            tracker: ClientTracker::new(
+                Arc::clone(&shared.stats),
+                tenant_stats,
+                pool_stats,
+                registration,
+            ),
             xact_started: None,
             guard: Arc::clone(&shared.guard),
             stats: Arc::clone(&shared.stats),
@@ -365,9 +389,11 @@ impl Session {
             // transaction finishes it first.
             let idle_client = self.server.is_none() && self.to_client.is_empty();
             let shutdown = &self.shutdown;
+            let kill_signal = self.tracker.killed();
             let event = tokio::select! {
                 biased;
                 _ = shutdown.cancelled(), if idle_client => Event::Shutdown,
+                _ = kill_signal => Event::Killed,
                 r = client.writable(), if !self.to_client.is_empty() => Event::ClientWritable(r),
                 r = writable(server_stream), if !self.to_server.is_empty() => Event::ServerWritable(r),
                 r = readable(server_stream), if want_server => Event::ServerReadable(r),
@@ -381,6 +407,7 @@ impl Session {
                         "terminating connection due to administrator command (pgtenant is shutting down)",
                     ));
                 }
+                Event::Killed => return Err(killed()),
                 Event::ClientWritable(r) => {
                     r.map_err(SessionError::ClientIo)?;
                     write_some(&self.client, &mut self.to_client)
@@ -474,7 +501,10 @@ impl Session {
             Some(c) => Ok(c),
             // Boxed: waiting or connecting is the rare case, and its state would otherwise
             // be part of every idle client's task.
-            None => Box::pin(self.pool.checkout()).await,
+            None => tokio::select! {
+                c = Box::pin(self.pool.checkout()) => c,
+                _ = self.tracker.killed() => return Err(killed()),
+            },
         };
         let waited = waiting_since.elapsed();
         self.pool.stats.waited(waited);
@@ -497,9 +527,10 @@ impl Session {
         self.copy_in = false;
         self.session_changed = false;
         self.unnamed_on_server = false;
+        let addr = checkout.upstream_addr();
         let conn = checkout.conn();
         self.cancel.bind(CancelTarget {
-            addr: self.pool.upstream_addr(),
+            addr,
             pid: conn.backend_pid,
             secret: conn.backend_secret,
         });
@@ -552,9 +583,11 @@ impl Session {
             }
             return;
         }
-        // A pipelined next transaction is already here: keep the server for it.
+        // A pipelined next transaction is already here: keep the server for it (unless the
+        // pool wants it back: PAUSE, RECONNECT).
         if !self.dirty
             && !self.force_release
+            && self.server.as_ref().is_some_and(Checkout::reusable)
             && matches!(peek_frame(&self.cbuf, self.max_packet), Ok(Some(_)))
         {
             return;
@@ -1899,7 +1932,7 @@ impl Session {
                 server.discard();
             }
         }
-        if shared.config.general.log_disconnections {
+        if shared.config().general.log_disconnections {
             match &result {
                 Ok(()) => tracing::info!(client = self.id, tenant = %self.tenant, "disconnect"),
                 Err(e) => {
@@ -1910,8 +1943,15 @@ impl Session {
     }
 }
 
-/// Bind (unnamed portal, the injection statement, text parameters `[setting, tenant]`) and
-/// Execute, exactly as sent before each transaction.
+/// What a client ended by KILL or KILL_CLIENT is told (PostgreSQL's words for
+/// `pg_terminate_backend`).
+fn killed() -> SessionError {
+    SessionError::client(
+        "57P01",
+        "terminating connection due to administrator command",
+    )
+}
+
 /// Bind (unnamed portal, `statement`, text parameters) and Execute (all rows).
 fn put_bind_execute(out: &mut BytesMut, statement: &[u8], params: &[&[u8]]) {
     protocol::put_message(out, b'B', |b| {

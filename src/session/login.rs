@@ -306,7 +306,7 @@ impl ClientRequest {
                     ),
                 ));
             } else if let Some(i) = tracked_index(name) {
-                params[i] = Some(value.to_owned());
+                params[i] = Some(value.into());
             } else if name == "replication" {
                 return Err(LoginError::refused(
                     "0A000",

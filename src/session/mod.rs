@@ -80,31 +80,42 @@ impl SessionError {
 }
 
 /// Serves one accepted client connection to the end.
+///
+/// The task's own future stays a few pointers wide: the login and the session each live in
+/// their own box, so an idle client carries neither the login's state nor a transaction's.
 pub async fn serve_client(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     over_limit: bool,
 ) {
+    let Some(mut session) = Box::pin(start_session(stream, peer, &shared, over_limit)).await else {
+        return;
+    };
+    let result = Box::pin(session.run()).await;
+    Box::pin(session.finish(result, &shared)).await;
+}
+
+/// Logs the client in; a session when it is a tenant client that should be served.
+async fn start_session(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    over_limit: bool,
+) -> Option<Box<Session>> {
     let client_id = shared.next_client_id();
     let _ = stream.set_nodelay(true);
     let mut out = BytesMut::new();
     let login_timeout = shared.config().general.client_login_timeout;
-    // Boxed here and below: a task's future lives as long as its client, and an idle
-    // client should not carry the login's or a transaction's state (see `Session::run`).
     let outcome = tokio::time::timeout(
         login_timeout,
-        Box::pin(login::login(
-            &mut stream,
-            peer,
-            &shared,
-            over_limit,
-            &mut out,
-        )),
+        login::login(&mut stream, peer, shared, over_limit, &mut out),
     )
     .await;
     let logged_in = match outcome {
         Err(_) => {
+            // Logged before the client hears it, so the log never lags what a client saw.
+            tracing::info!(client = client_id, %peer, "login timed out");
             out.clear();
             login::refusal(
                 &mut out,
@@ -112,36 +123,40 @@ pub async fn serve_client(
                 "client_login_timeout expired before login completed",
             );
             let _ = stream.write_all(&out).await;
-            tracing::info!(client = client_id, %peer, "login timed out");
-            return;
+            return None;
         }
         Ok(Ok(LoginOutcome::Cancel { pid, secret })) => {
             shared.cancels.cancel(pid, secret).await;
-            return;
+            return None;
         }
         Ok(Ok(LoginOutcome::Session(l))) => l,
         Ok(Ok(LoginOutcome::Admin(admin))) => {
             Box::pin(crate::admin::serve(
-                stream, peer, client_id, shared, *admin, out,
+                stream,
+                peer,
+                client_id,
+                Arc::clone(shared),
+                *admin,
+                out,
             ))
             .await;
-            return;
+            return None;
         }
         Ok(Err(LoginError::Refused {
             sqlstate,
             message,
             reason,
         })) => {
+            tracing::info!(client = client_id, %peer, reason, sqlstate, "login refused");
             shared.stats.login_failed(reason);
             out.clear();
             login::refusal(&mut out, sqlstate, &message);
             let _ = stream.write_all(&out).await;
-            tracing::info!(client = client_id, %peer, reason, sqlstate, "login refused");
-            return;
+            return None;
         }
         Ok(Err(e)) => {
             tracing::debug!(client = client_id, %peer, error = %e, "login ended");
-            return;
+            return None;
         }
     };
     if shared.config().general.log_connections {
@@ -160,9 +175,14 @@ pub async fn serve_client(
     // Every line the session logs names the client's id and tenant as fields. (Not a
     // span: a span per client costs ~0.5 KiB in the subscriber's registry for as long as
     // the client stays connected, and an enter/exit on every poll.)
-    let mut session = Session::boxed(client_id, stream, logged_in, &shared, out, registration);
-    let result = Box::pin(session.run()).await;
-    Box::pin(session.finish(result, &shared)).await;
+    Some(Session::boxed(
+        client_id,
+        stream,
+        logged_in,
+        shared,
+        out,
+        registration,
+    ))
 }
 
 struct Session {
@@ -194,7 +214,7 @@ struct Session {
     pieces: VecDeque<Range<usize>>,
     pieces_text: Bytes,
     /// With `tenant_seal`: the sealed injection for the server with this id.
-    sealed_inject: Option<(u64, Bytes)>,
+    sealed_inject: Option<Box<(u64, Bytes)>>,
     /// Parameters the client chose.
     params: ParamSet,
     /// Parameters from its startup packet (what `DISCARD ALL` returns to).
@@ -1551,7 +1571,7 @@ impl Session {
             if sealed {
                 // The seal depends on the server's secret: built per server, reused while
                 // the client keeps getting the same one.
-                sealed_inject = match &self.sealed_inject {
+                sealed_inject = match self.sealed_inject.as_deref() {
                     Some((id, bytes)) if *id == conn.id => Some(bytes.clone()),
                     _ => conn.seal_secret.map(|secret| {
                         let bytes = build_sealed_injection(
@@ -1559,7 +1579,7 @@ impl Session {
                             self.tenant.as_str().as_bytes(),
                             &secret,
                         );
-                        self.sealed_inject = Some((conn.id, bytes.clone()));
+                        self.sealed_inject = Some(Box::new((conn.id, bytes.clone())));
                         bytes
                     }),
                 };
@@ -1862,9 +1882,9 @@ impl Session {
         // `tracked` themselves when they are sent.
         if let Some(i) = tracked_index(name).filter(|_| forwarded) {
             if let Some(server) = self.server.as_mut() {
-                server.conn().tracked[i] = Some(value.to_owned());
+                server.conn().tracked[i] = Some(value.into());
             }
-            self.params[i] = Some(value.to_owned());
+            self.params[i] = Some(value.into());
         }
     }
 

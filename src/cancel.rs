@@ -3,18 +3,20 @@
 //! Each logged-in client gets a random (pid, secret) from pgtenant; while the client is bound
 //! to a server, its slot names that server's own cancel key. A `CancelRequest` is forwarded
 //! only while the binding lasts, and the binding cannot end while a forwarded cancel is
-//! still being delivered (both hold the slot's lock), so a late cancel can never interrupt
-//! another client's query on the same server (the stale-cancel failure of other poolers).
+//! still being delivered (the slot marks it in flight and unbinding waits for it), so a late
+//! cancel can never interrupt another client's query on the same server (the stale-cancel
+//! failure of other poolers). Binding and unbinding happen once per transaction: they take
+//! a short synchronous lock and never wait unless a cancel is being delivered right then.
 //! This module never sees query traffic.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use dashmap::DashMap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::Mutex;
+use tokio::sync::Notify;
 
 /// Where a bound client's cancel goes: the upstream address and the server's own key.
 #[derive(Debug, Clone)]
@@ -27,7 +29,16 @@ pub struct CancelTarget {
 #[derive(Debug)]
 pub struct CancelSlot {
     secret: i32,
-    target: Mutex<Option<CancelTarget>>,
+    state: Mutex<SlotState>,
+    /// Signalled when a cancel in flight has been delivered.
+    delivered: Notify,
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    target: Option<CancelTarget>,
+    /// A cancel for `target` is being delivered; the binding must outlive it.
+    in_flight: bool,
 }
 
 /// All logged-in clients' cancel keys.
@@ -41,7 +52,8 @@ impl CancelRegistry {
     pub fn register(&self, pid: i32, secret: i32) -> Option<Arc<CancelSlot>> {
         let slot = Arc::new(CancelSlot {
             secret,
-            target: Mutex::new(None),
+            state: Mutex::new(SlotState::default()),
+            delivered: Notify::new(),
         });
         match self.slots.entry(pid) {
             dashmap::Entry::Occupied(_) => None,
@@ -67,41 +79,65 @@ impl CancelRegistry {
             tracing::debug!("cancel request with a wrong secret ignored");
             return;
         }
-        let guard = slot.target.lock().await;
-        let Some(target) = guard.as_ref() else {
-            tracing::debug!("cancel request arrived after the transaction ended; dropped");
-            return;
+        let target = {
+            let mut st = slot.lock();
+            if st.in_flight {
+                tracing::debug!("cancel request while another is being delivered; dropped");
+                return;
+            }
+            let Some(target) = st.target.clone() else {
+                tracing::debug!("cancel request arrived after the transaction ended; dropped");
+                return;
+            };
+            st.in_flight = true;
+            target
         };
-        if let Err(e) = send_cancel(target).await {
+        // The binding is held until PostgreSQL has taken the request (it closes the
+        // connection after signalling the backend), so the server cannot move on to another
+        // client before that.
+        let sent = send_cancel(&target).await;
+        slot.lock().in_flight = false;
+        slot.delivered.notify_waiters();
+        if let Err(e) = sent {
             tracing::warn!(error = %e, "forwarding a cancel request to the server failed");
         }
-        // `guard` is held until PostgreSQL has taken the request (it closes the connection
-        // after signalling the backend), so the binding cannot end before that.
-        drop(guard);
     }
 }
 
 impl CancelSlot {
+    fn lock(&self) -> MutexGuard<'_, SlotState> {
+        // Two plain fields, consistent after any panic: keep going rather than poison.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Records that the client now runs on this server.
-    pub async fn bind(&self, target: CancelTarget) {
-        *self.target.lock().await = Some(target);
+    pub fn bind(&self, target: CancelTarget) {
+        self.lock().target = Some(target);
     }
 
-    /// The client's transaction is over: cancels no longer reach that server. Waits for a
-    /// cancel being delivered right now to finish first.
-    pub async fn unbind(&self) {
-        *self.target.lock().await = None;
-    }
-
-    /// Non-waiting unbind for paths that cannot await; returns false if a cancel is in
-    /// flight (the caller must then unbind with `unbind().await` before reusing the server).
+    /// The client's transaction is over: cancels no longer reach that server. Returns false
+    /// (and leaves the binding) while a cancel is being delivered to it; the caller then
+    /// waits with [`CancelSlot::unbind`] before the server may serve anyone else.
     pub fn try_unbind(&self) -> bool {
-        match self.target.try_lock() {
-            Ok(mut t) => {
-                *t = None;
-                true
+        let mut st = self.lock();
+        if st.in_flight {
+            return false;
+        }
+        st.target = None;
+        true
+    }
+
+    /// Unbinds, first waiting for a cancel being delivered right now.
+    pub async fn unbind(&self) {
+        loop {
+            let delivered = self.delivered.notified();
+            tokio::pin!(delivered);
+            // Register before checking, so a delivery finishing in between is not missed.
+            delivered.as_mut().enable();
+            if self.try_unbind() {
+                return;
             }
-            Err(_) => false,
+            delivered.await;
         }
     }
 }
@@ -142,8 +178,7 @@ mod tests {
             addr: Arc::from("127.0.0.1:1"),
             pid: 1,
             secret: 1,
-        })
-        .await;
+        });
         // Wrong secret: returns without connecting anywhere.
         reg.cancel(42, 8).await;
         assert!(slot.try_unbind());

@@ -127,7 +127,10 @@ password = "{api_password}"
             shutdown.cancel();
         });
     }
-    let served = crate::listener::serve(config, listener, shutdown, Duration::from_secs(2)).await;
+    let served = match crate::state::Shared::new(config, Some(config_path.clone()), shutdown) {
+        Ok(shared) => crate::listener::serve(shared, listener, Duration::from_secs(2)).await,
+        Err(e) => Err(e.into()),
+    };
     eprintln!("pgtenant demo: stopping PostgreSQL and removing its data ...");
     tokio::task::spawn_blocking(move || cluster.stop()).await??;
     drop(dir);

@@ -16,7 +16,9 @@
 //! - [`net`]: a connection's stream, plain TCP or TLS, and the non-blocking send/receive the
 //!   session polls; [`tls`]: the rustls configurations of both sides (reloadable).
 //! - [`config`]: TOML configuration with PgBouncer's names; [`state`]: what every
-//!   connection shares.
+//!   connection shares; [`reload`]: SIGHUP and RELOAD apply a changed file, all or nothing.
+//! - [`clients`]: the registry of logged-in clients that SHOW CLIENTS, KILL and KILL_CLIENT
+//!   use.
 //! - [`metrics`] (`/metrics`, `/healthz`, `/readyz`) and [`admin`] (the `pgtenant` console
 //!   database): what operators see, both read from [`stats`] through [`admin::snapshot`].
 //! - [`cluster`] and [`demo`]: a throwaway local PostgreSQL for `pgtenant demo` and tests.
@@ -25,6 +27,7 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod cancel;
+pub mod clients;
 pub mod cluster;
 pub mod config;
 pub mod demo;
@@ -34,6 +37,7 @@ pub mod metrics;
 pub mod net;
 pub mod pool;
 pub mod protocol;
+pub mod reload;
 pub mod server;
 pub mod session;
 pub mod sql;

@@ -1,6 +1,7 @@
 //! The accept loop: binds the listening socket, enforces `max_client_conn`, spawns one task
 //! per client, runs pool maintenance and (with `metrics_listen`) the metrics listener, and
-//! stops on shutdown.
+//! stops on shutdown (draining clients for a bounded time) or on `SHUTDOWN WAIT_FOR_CLIENTS`
+//! (waiting for the last client to leave).
 //!
 //! This module owns the process-level lifecycle of connections. It never reads client
 //! traffic itself beyond handing the socket to a session.
@@ -10,7 +11,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
@@ -42,21 +42,23 @@ pub async fn bind(config: &Config) -> Result<TcpListener, RunError> {
         .map_err(|source| RunError::Bind { addr, source })
 }
 
-/// Serves clients on `listener` until `shutdown` is cancelled, then waits up to
-/// `drain` for connected clients to finish.
+/// Serves clients on `listener` until `shared.stop_accepting` is cancelled. After a shutdown
+/// (`shared.shutdown`) connected clients get up to `drain` to finish; after `SHUTDOWN
+/// WAIT_FOR_CLIENTS` they may stay as long as they like, unless a shutdown follows.
 pub async fn serve(
-    config: Arc<Config>,
+    shared: Arc<Shared>,
     listener: TcpListener,
-    shutdown: CancellationToken,
     drain: Duration,
 ) -> Result<(), RunError> {
-    let shared = Shared::new(config, shutdown.clone())?;
+    let shutdown = shared.shutdown.clone();
     let tracker = TaskTracker::new();
     crate::admin::snapshot::register_start_time(&shared)
         .map_err(crate::metrics::MetricsError::from)?;
-    let metrics = match shared.config.general.metrics_listen {
+    let metrics = match shared.config().general.metrics_listen {
         Some(addr) => {
-            Some(crate::metrics::start(addr, Arc::clone(&shared), shutdown.clone()).await?)
+            // /readyz turns 503 as soon as no new clients are accepted.
+            let stopping = shared.stop_accepting.clone();
+            Some(crate::metrics::start(addr, Arc::clone(&shared), stopping).await?)
         }
         None => None,
     };
@@ -72,16 +74,17 @@ pub async fn serve(
                     _ = shutdown.cancelled() => break,
                     _ = tick.tick() => {}
                 }
-                for pool in shared.pools.values() {
+                for pool in shared.all_pools() {
                     pool.maintain().await;
                 }
             }
         })
     };
 
+    let stop_accepting = shared.stop_accepting.clone();
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = stop_accepting.cancelled() => break,
             a = listener.accept() => a,
         };
         let (stream, peer) = match accepted {
@@ -95,7 +98,7 @@ pub async fn serve(
         };
         let shared = Arc::clone(&shared);
         let count = shared.clients.fetch_add(1, Ordering::AcqRel) + 1;
-        let over_limit = count > shared.config.general.max_client_conn;
+        let over_limit = count > shared.config().general.max_client_conn;
         tracker.spawn(async move {
             session::serve_client(stream, peer, Arc::clone(&shared), over_limit).await;
             shared.clients.fetch_sub(1, Ordering::AcqRel);
@@ -103,14 +106,18 @@ pub async fn serve(
     }
     drop(listener);
     tracker.close();
-    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+    let drained = tokio::select! {
+        _ = tracker.wait() => true,
+        _ = shutdown.cancelled() => tokio::time::timeout(drain, tracker.wait()).await.is_ok(),
+    };
+    if !drained {
         tracing::warn!("shutdown: clients still connected after the drain timeout; closing them");
     }
     maintenance.abort();
     if let Some(metrics) = metrics {
         metrics.abort();
     }
-    for pool in shared.pools.values() {
+    for pool in shared.all_pools() {
         pool.close().await;
     }
     Ok(())

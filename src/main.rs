@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use pgtenant::auth::token::{MintKey, mint};
 use pgtenant::config::{Config, LogFormat};
+use pgtenant::state::Shared;
 
 #[derive(Parser)]
 #[command(
@@ -182,6 +183,15 @@ fn run(path: PathBuf) -> ExitCode {
         }
     };
     rt.block_on(async move {
+        // Signal handlers first: a SIGHUP that arrives as soon as the port is open must
+        // reload, not end the process (SIGHUP's default action).
+        let signals = match Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("could not install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let listener = match pgtenant::listener::bind(&config).await {
             Ok(l) => l,
             Err(e) => {
@@ -193,8 +203,15 @@ fn run(path: PathBuf) -> ExitCode {
             tracing::info!(%addr, "pgtenant listening");
         }
         let shutdown = CancellationToken::new();
-        spawn_signal_handler(shutdown.clone());
-        match pgtenant::listener::serve(config, listener, shutdown, Duration::from_secs(30)).await {
+        let shared = match Shared::new(config, Some(path), shutdown) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tokio::spawn(signals.handle(Arc::clone(&shared)));
+        match pgtenant::listener::serve(shared, listener, Duration::from_secs(30)).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("{e}");
@@ -204,29 +221,60 @@ fn run(path: PathBuf) -> ExitCode {
     })
 }
 
-fn spawn_signal_handler(shutdown: CancellationToken) {
-    tokio::spawn(async move {
+/// SIGTERM and SIGINT start the drain; SIGHUP reloads the configuration.
+struct Signals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                return;
-            };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+            Ok(Signals {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+                hup: signal(SignalKind::hangup())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Signals {})
+        }
+    }
+
+    async fn handle(self, shared: Arc<Shared>) {
+        #[cfg(unix)]
+        {
+            let Signals {
+                mut term,
+                mut int,
+                mut hup,
+            } = self;
+            loop {
+                tokio::select! {
+                    _ = term.recv() => shared.begin_shutdown("SIGTERM"),
+                    _ = int.recv() => shared.begin_shutdown("SIGINT"),
+                    _ = hup.recv() => {
+                        tracing::info!("SIGHUP: reloading the configuration");
+                        // Errors are logged by reload; the old configuration stays.
+                        let _ = pgtenant::reload::reload(&shared).await;
+                    }
+                }
             }
         }
         #[cfg(not(unix))]
         {
+            let _ = self;
             let _ = tokio::signal::ctrl_c().await;
+            shared.begin_shutdown("Ctrl-C");
         }
-        tracing::info!("shutting down: no new connections, waiting for clients to finish");
-        shutdown.cancel();
-    });
+    }
 }
 
 fn token(config: &std::path::Path, tenant: &str, ttl: u64, sub: Option<String>) -> ExitCode {

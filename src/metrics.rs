@@ -178,13 +178,13 @@ impl MetricsServer {
     /// its own task because a checkout must not be abandoned half-way (it would lose the
     /// pool slot it holds), and this request waits for it only [`READY_PROBE_WAIT`].
     async fn upstream_reached(&self) -> bool {
-        if self.shared.pools.values().any(|p| p.stats().total > 0) {
+        let pools: Vec<_> = self.shared.current().pools.values().cloned().collect();
+        if pools.iter().any(|p| p.stats().total > 0) {
             return true;
         }
         if self.probing.swap(true, Ordering::AcqRel) {
             return false;
         }
-        let pools: Vec<_> = self.shared.pools.values().cloned().collect();
         let in_flight = ProbeInFlight(Arc::clone(&self.probing));
         let probe = tokio::spawn(async move {
             let _in_flight = in_flight;
@@ -262,7 +262,14 @@ fn scrape_time_registry(shared: &Shared) -> Result<Registry, MetricsError> {
     )?;
     let waiting = gauges(
         "pgtenant_pool_waiting_clients",
-        "Clients queued for a server connection of the pool",
+        "Logged-in clients of the pool waiting for a server connection (queued, or held by \
+         PAUSE/KILL); SHOW POOLS cl_waiting",
+        &["database"],
+    )?;
+    let active = gauges(
+        "pgtenant_pool_active_clients",
+        "Logged-in clients of the pool not waiting for a server connection, idle ones \
+         included; SHOW POOLS cl_active",
         &["database"],
     )?;
     let connects = counters(
@@ -292,7 +299,8 @@ fn scrape_time_registry(shared: &Shared) -> Result<Registry, MetricsError> {
         reserve_size
             .with_label_values(&db)
             .set(to_i64(p.reserve_pool_size));
-        waiting.with_label_values(&db).set(to_i64(p.waiting));
+        waiting.with_label_values(&db).set(p.clients_waiting);
+        active.with_label_values(&db).set(p.clients_active);
         connects.with_label_values(&db).inc_by(p.connects);
         assignments.with_label_values(&db).inc_by(p.assignments);
         wait_timeouts.with_label_values(&db).inc_by(p.wait_timeouts);
@@ -340,7 +348,7 @@ fn scrape_time_registry(shared: &Shared) -> Result<Registry, MetricsError> {
         "Clients of the tenant in a transaction (bound to a server) now",
         &["tenant"],
     )?;
-    let (top, other) = snapshot::top_tenants(shared, shared.config.general.top_tenants);
+    let (top, other) = snapshot::top_tenants(shared, shared.config().general.top_tenants);
     for t in top.iter().chain(std::iter::once(&other)) {
         let label = [t.tenant.as_str()];
         xacts.with_label_values(&label).inc_by(t.xacts);

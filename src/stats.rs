@@ -36,6 +36,9 @@ pub struct Stats {
     guard_refusals: IntCounterVec,
     /// Per-tenant numbers, by tenant id.
     pub tenants: DashMap<String, Arc<TenantStats>>,
+    /// Per-database numbers, by database name. Kept when a reload removes a database, so
+    /// its counters go on (and are not registered twice) if it comes back.
+    pools: DashMap<String, Arc<PoolStats>>,
 }
 
 impl std::fmt::Debug for Stats {
@@ -102,6 +105,7 @@ impl Stats {
             login_failures,
             guard_refusals,
             tenants: DashMap::new(),
+            pools: DashMap::new(),
         }))
     }
 
@@ -128,8 +132,16 @@ impl Stats {
         )
     }
 
-    /// Numbers of one pool, registered with the database name as label.
+    /// Numbers of one pool, registered with the database name as label on first use (at
+    /// start, or when a reload adds the database); later calls return the same numbers.
     pub fn pool(&self, db: &str) -> Result<Arc<PoolStats>, StatsError> {
+        if let Some(p) = self.pools.get(db) {
+            return Ok(Arc::clone(p.value()));
+        }
+        let entry = match self.pools.entry(db.to_owned()) {
+            dashmap::Entry::Occupied(e) => return Ok(Arc::clone(e.get())),
+            dashmap::Entry::Vacant(v) => v,
+        };
         let counter = |name: &str, help: &str| -> Result<IntCounter, StatsError> {
             let c = IntCounter::with_opts(Opts::new(name, help).const_label("database", db))?;
             self.registry.register(Box::new(c.clone()))?;
@@ -144,7 +156,7 @@ impl Stats {
             self.registry.register(Box::new(h.clone()))?;
             Ok(h)
         };
-        Ok(Arc::new(PoolStats {
+        let stats = Arc::new(PoolStats {
             xacts: counter(
                 "pgtenant_transactions_total",
                 "Transactions run (server checkouts)",
@@ -172,7 +184,11 @@ impl Stats {
             )?,
             xact_time_us: AtomicU64::new(0),
             wait_time_us: AtomicU64::new(0),
-        }))
+            clients: AtomicI64::new(0),
+            clients_waiting: AtomicI64::new(0),
+        });
+        entry.insert(Arc::clone(&stats));
+        Ok(stats)
     }
 }
 
@@ -188,6 +204,10 @@ pub struct PoolStats {
     /// Totals in microseconds, for the admin console's SHOW STATS.
     pub xact_time_us: AtomicU64,
     pub wait_time_us: AtomicU64,
+    /// Logged-in clients of this database, and those of them waiting for a server: what
+    /// SHOW POOLS reports as `cl_active` (the difference) and `cl_waiting`.
+    pub clients: AtomicI64,
+    pub clients_waiting: AtomicI64,
 }
 
 impl std::fmt::Debug for PoolStats {
@@ -232,27 +252,44 @@ pub enum ClientState {
     Active,
 }
 
-/// Tracks one client's state in the process gauges and its tenant's counters.
+/// Tracks one logged-in client's state in the process gauges, its database's client counts,
+/// its tenant's counters and its registry entry (which it holds, so the client is listed
+/// exactly as long as it is counted).
 #[derive(Debug)]
 pub struct ClientTracker {
     stats: Arc<Stats>,
     tenant: Arc<TenantStats>,
+    pool: Arc<PoolStats>,
+    registration: crate::clients::Registration,
     state: ClientState,
 }
 
 impl ClientTracker {
-    pub fn new(stats: Arc<Stats>, tenant: Arc<TenantStats>) -> ClientTracker {
+    pub fn new(
+        stats: Arc<Stats>,
+        tenant: Arc<TenantStats>,
+        pool: Arc<PoolStats>,
+        registration: crate::clients::Registration,
+    ) -> ClientTracker {
         stats.clients_idle.inc();
         tenant.clients.fetch_add(1, Ordering::Relaxed);
+        pool.clients.fetch_add(1, Ordering::Relaxed);
         ClientTracker {
             stats,
             tenant,
+            pool,
+            registration,
             state: ClientState::Idle,
         }
     }
 
     pub fn tenant(&self) -> &TenantStats {
         &self.tenant
+    }
+
+    /// Resolves when an admin ends this client (KILL, KILL_CLIENT).
+    pub fn killed(&mut self) -> &mut crate::clients::KillSignal {
+        self.registration.killed()
     }
 
     pub fn set(&mut self, state: ClientState) {
@@ -270,6 +307,16 @@ impl ClientTracker {
             }
             _ => {}
         }
+        match (self.state, state) {
+            (_, ClientState::Waiting) => {
+                self.pool.clients_waiting.fetch_add(1, Ordering::Relaxed);
+            }
+            (ClientState::Waiting, _) => {
+                self.pool.clients_waiting.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        self.registration.info().set_state(state);
         self.state = state;
     }
 
@@ -287,6 +334,7 @@ impl Drop for ClientTracker {
         self.set(ClientState::Idle);
         self.stats.clients_idle.dec();
         self.tenant.clients.fetch_sub(1, Ordering::Relaxed);
+        self.pool.clients.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -298,18 +346,41 @@ mod tests {
     fn client_gauges_follow_state_and_return_to_zero() {
         let stats = Stats::new().unwrap();
         let t = stats.tenant("a");
+        let pool = stats.pool("app").unwrap();
+        let registry = Arc::new(crate::clients::ClientRegistry::default());
         {
-            let mut c = ClientTracker::new(Arc::clone(&stats), Arc::clone(&t));
+            let registration = registry.register(crate::clients::NewClient {
+                id: 7,
+                database: "app".to_owned(),
+                user: "u".to_owned(),
+                tenant: "a".to_owned(),
+                peer: "127.0.0.1:5000".parse().unwrap(),
+            });
+            let mut c = ClientTracker::new(
+                Arc::clone(&stats),
+                Arc::clone(&t),
+                Arc::clone(&pool),
+                registration,
+            );
             assert_eq!(stats.clients_idle.get(), 1);
+            assert_eq!(pool.clients.load(Ordering::Relaxed), 1);
             c.set(ClientState::Waiting);
             assert_eq!(stats.clients_waiting.get(), 1);
+            assert_eq!(pool.clients_waiting.load(Ordering::Relaxed), 1);
+            assert_eq!(registry.list()[0].state(), ClientState::Waiting);
             c.set(ClientState::Active);
             assert_eq!(
                 (stats.clients_active.get(), stats.clients_waiting.get()),
                 (1, 0)
             );
             assert_eq!(t.active.load(Ordering::Relaxed), 1);
+            assert_eq!(pool.clients_waiting.load(Ordering::Relaxed), 0);
         }
+        assert!(
+            registry.list().is_empty(),
+            "a client that left is still listed"
+        );
+        assert_eq!(pool.clients.load(Ordering::Relaxed), 0);
         assert_eq!(
             (
                 stats.clients_idle.get(),
@@ -327,6 +398,9 @@ mod tests {
         let stats = Stats::new().unwrap();
         let a = stats.pool("a").unwrap();
         let _b = stats.pool("b").unwrap();
+        // A database added again by a reload gets its old numbers, not a second registration.
+        let again = stats.pool("a").unwrap();
+        assert!(Arc::ptr_eq(&a, &again));
         a.transaction_done(Duration::from_millis(2));
         let families = stats.registry.gather();
         let xacts = families

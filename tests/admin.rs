@@ -2,88 +2,17 @@
 //! `pgbouncer` with an admin password or an admin-claim token (and the refusals: 28P01 for
 //! a wrong password, 42501 for a tenant), every `SHOW` with its PgBouncer columns and values
 //! checked against known traffic, `SHOW CONFIG` without secrets, unsupported commands and
-//! the extended protocol refused without losing the session, and psql.
+//! the extended protocol refused without losing the session, and psql. The control commands
+//! (PAUSE, KILL, RELOAD, ...) are in tests/admin_control.rs and tests/reload.rs.
 
 mod support;
 
 use std::process::Command;
 
 use serde_json::json;
+use support::admin::*;
 use support::*;
-use tokio_postgres::{Client, SimpleQueryMessage, SimpleQueryRow};
-use toml::Value;
-
-const ADMIN: &str = "ops";
-const ADMIN_PASSWORD: &str = "admin-pw-4f1c9e7b2d";
-const ADMIN_CLAIM: &str = "pgtenant_admin";
-
-fn admin_config(db: &TestDb) -> ProxyConfig {
-    let mut entry = toml::Table::new();
-    entry.insert("user".into(), ADMIN.into());
-    entry.insert("password".into(), ADMIN_PASSWORD.into());
-    ProxyConfig::for_db(db)
-        .general("admin_users", Value::Array(vec![Value::Table(entry)]))
-        .auth("admin_claim", ADMIN_CLAIM)
-}
-
-fn console_config(
-    proxy: &Proxy,
-    dbname: &str,
-    user: &str,
-    password: &str,
-) -> tokio_postgres::Config {
-    let mut config = proxy.client_config(password);
-    config.dbname(dbname).user(user);
-    config
-}
-
-async fn admin(proxy: &Proxy) -> Client {
-    connect(&console_config(proxy, "pgtenant", ADMIN, ADMIN_PASSWORD))
-        .await
-        .unwrap()
-}
-
-/// A SHOW result: its column names and its rows as name -> value maps.
-struct Shown {
-    columns: Vec<String>,
-    rows: Vec<SimpleQueryRow>,
-}
-
-impl Shown {
-    fn row_where(&self, column: &str, value: &str) -> &SimpleQueryRow {
-        self.rows
-            .iter()
-            .find(|r| r.get(column) == Some(value))
-            .unwrap_or_else(|| panic!("no row with {column} = {value}"))
-    }
-}
-
-fn int(row: &SimpleQueryRow, column: &str) -> i64 {
-    row.get(column)
-        .unwrap_or_else(|| panic!("{column} is NULL"))
-        .parse()
-        .unwrap_or_else(|e| panic!("{column}: {e}"))
-}
-
-async fn show(client: &Client, what: &str) -> Shown {
-    let messages = client.simple_query(&format!("SHOW {what}")).await.unwrap();
-    let mut columns = Vec::new();
-    let mut rows = Vec::new();
-    for m in messages {
-        match m {
-            SimpleQueryMessage::RowDescription(desc) => {
-                columns = desc.iter().map(|c| c.name().to_owned()).collect();
-            }
-            SimpleQueryMessage::Row(row) => rows.push(row),
-            _ => {}
-        }
-    }
-    Shown { columns, rows }
-}
-
-fn names(columns: &[&str]) -> Vec<String> {
-    columns.iter().map(|c| (*c).to_owned()).collect()
-}
+use tokio_postgres::{Client, SimpleQueryMessage};
 
 /// Known traffic: Acme runs 3 autocommit statements and a 2-statement transaction (4
 /// transactions, 7 queries counting BEGIN/COMMIT), Globex 1; both stay connected and idle.
@@ -250,8 +179,9 @@ async fn show_pools_and_stats_have_pgbouncer_columns_and_count_known_traffic() {
     let app = pools.row_where("database", PROXY_DBNAME);
     assert_eq!(app.get("user"), Some(API_USER));
     assert_eq!(app.get("pool_mode"), Some("transaction"));
+    // PgBouncer's cl_active: both logged-in clients, idle as they are.
     for (column, want) in [
-        ("cl_active", 0),
+        ("cl_active", 2),
         ("cl_waiting", 0),
         ("sv_active", 0),
         ("sv_idle", 1),
@@ -326,18 +256,42 @@ async fn show_tenants_clients_servers_and_databases_match_known_traffic() {
     assert_eq!((int(g, "xacts"), int(g, "queries")), (1, 1));
 
     let clients = show(&console, "CLIENTS").await;
-    assert_eq!(clients.columns, names(&["type", "state", "count"]));
-    let count = |state: &str| int(clients.row_where("state", state), "count");
-    assert_eq!(count("idle"), 2);
-    assert_eq!(count("active"), 0);
-    assert_eq!(count("waiting"), 0);
-    assert_eq!(count("other"), 1, "the console itself");
+    assert_eq!(
+        clients.columns,
+        names(&[
+            "type",
+            "user",
+            "database",
+            "state",
+            "addr",
+            "port",
+            "connect_time",
+            "tenant",
+            "in_transaction",
+            "id",
+        ])
+    );
+    assert_eq!(clients.rows.len(), 2, "one row per tenant client");
+    for row in &clients.rows {
+        assert_eq!(row.get("database"), Some(PROXY_DBNAME));
+        assert_eq!(row.get("user"), Some(CLIENT_USER));
+        assert_eq!(row.get("state"), Some("active"));
+        assert_eq!(row.get("addr"), Some("127.0.0.1"));
+        assert_eq!(int(row, "in_transaction"), 0);
+        assert!(row.get("connect_time").unwrap().ends_with(" UTC"));
+    }
+    let acme_id = int(clients.row_where("tenant", TENANT_ACME), "id");
+    assert_ne!(
+        acme_id,
+        int(clients.row_where("tenant", TENANT_GLOBEX), "id")
+    );
 
-    // An open transaction shows as an active client, tenant and server.
+    // An open transaction shows as a client in a transaction, an active tenant and server.
     acme.simple_query("BEGIN").await.unwrap();
     acme.simple_query("SELECT 1").await.unwrap();
     let clients = show(&console, "CLIENTS").await;
-    assert_eq!(int(clients.row_where("state", "active"), "count"), 1);
+    let row = clients.row_where("tenant", TENANT_ACME);
+    assert_eq!((int(row, "in_transaction"), int(row, "id")), (1, acme_id));
     let tenants = show(&console, "TENANTS").await;
     assert_eq!(int(tenants.row_where("tenant", TENANT_ACME), "active"), 1);
     let servers = show(&console, "SERVERS").await;
@@ -349,7 +303,14 @@ async fn show_tenants_clients_servers_and_databases_match_known_traffic() {
     assert_eq!(int(servers.row_where("state", "idle"), "count"), 0);
     let pools = show(&console, "POOLS").await;
     let app = pools.row_where("database", PROXY_DBNAME);
-    assert_eq!((int(app, "cl_active"), int(app, "sv_active")), (1, 1));
+    assert_eq!(
+        (
+            int(app, "cl_active"),
+            int(app, "cl_waiting"),
+            int(app, "sv_active")
+        ),
+        (2, 0, 1)
+    );
     acme.simple_query("COMMIT").await.unwrap();
 
     let dbs = show(&console, "DATABASES").await;
@@ -406,6 +367,20 @@ async fn show_config_lists_settings_and_no_secret() {
         config.row_where("key", "admin_users").get("value"),
         Some(ADMIN)
     );
+    // RELOAD changes pool sizes and token settings; the listening address needs a restart.
+    for (key, changeable) in [
+        ("default_pool_size", "yes"),
+        ("query_wait_timeout", "yes"),
+        ("auth.issuer", "yes"),
+        ("listen_port", "no"),
+        ("tenant_setting", "no"),
+    ] {
+        assert_eq!(
+            config.row_where("key", key).get("changeable"),
+            Some(changeable),
+            "{key}"
+        );
+    }
     assert_eq!(
         config.row_where("key", "auth.admin_claim").get("value"),
         Some(ADMIN_CLAIM)
@@ -428,13 +403,15 @@ async fn unsupported_and_unknown_commands_are_refused_and_the_session_goes_on() 
     let proxy = Proxy::start(admin_config(&db));
     let console = admin(&proxy).await;
     for (command, want) in [
-        ("PAUSE", "0A000"),
-        ("RESUME app", "0A000"),
-        ("RELOAD", "0A000"),
-        ("RECONNECT app", "0A000"),
-        ("KILL app", "0A000"),
-        ("KILL_CLIENT 7", "0A000"),
-        ("SHUTDOWN", "0A000"),
+        ("SUSPEND", "0A000"),
+        ("DISABLE app", "0A000"),
+        ("SET default_pool_size = 5", "0A000"),
+        ("RESUME app", "55000"),
+        ("PAUSE nowhere", "3D000"),
+        ("KILL_CLIENT 999999", "42704"),
+        ("KILL_CLIENT seven", "22P02"),
+        ("SHUTDOWN NOW", "42601"),
+        ("RECONNECT app extra", "42601"),
         ("SELECT 1", "42601"),
         ("SHOW NONSENSE", "42601"),
         ("SHOW POOLS EXTRA", "42601"),

@@ -43,7 +43,7 @@ async fn json_logs_name_client_and_tenant_and_never_a_token() {
     assert_eq!(login["fields"]["tenant"], TENANT_ACME);
     assert!(login["fields"]["client"].is_u64());
     let disconnect = about("disconnect");
-    assert_eq!(disconnect["span"]["tenant"], TENANT_ACME);
+    assert_eq!(disconnect["fields"]["tenant"], TENANT_ACME);
     assert_eq!(disconnect["fields"]["client"], login["fields"]["client"]);
     let refused = about("login refused");
     assert_eq!(refused["fields"]["reason"], "expired");

@@ -256,6 +256,9 @@ async fn a_client_queued_for_the_only_server_shows_in_the_wait_queue() {
         1.0
     );
     assert_eq!(s.value("pgtenant_clients_active", &[]), 1.0);
+    // SHOW POOLS' cl_active: logged-in clients not waiting, the idle one included.
+    assert_eq!(s.value("pgtenant_pool_active_clients", &[APP]), 2.0);
+    assert_eq!(s.value("pgtenant_pool_waiting_clients", &[APP]), 0.0);
     assert_eq!(
         s.value(
             "pgtenant_tenant_active_transactions",
@@ -273,6 +276,12 @@ async fn a_client_queued_for_the_only_server_shows_in_the_wait_queue() {
             && s.get("pgtenant_clients_waiting", &[]) == Some(1.0)
     })
     .await;
+    assert_eq!(
+        scrape(port)
+            .await
+            .value("pgtenant_pool_active_clients", &[APP]),
+        1.0
+    );
 
     holder.simple_query("COMMIT").await.unwrap();
     let _waiter = tokio::time::timeout(BOUND, queued).await.unwrap().unwrap();

@@ -877,3 +877,157 @@ async fn pooled_tls_server_connections_are_reused_and_dead_ones_replaced() {
         .get(0);
     assert!(ssl);
 }
+
+// ------------------------------------------------------------------ reload (SIGHUP)
+
+/// Upper bound for waiting on a reload's outcome.
+const RELOAD_BOUND: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The `message` of every reload outcome the proxy logged so far (it must log JSON).
+fn reload_outcomes(proxy: &Proxy) -> Vec<serde_json::Value> {
+    proxy
+        .log()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| {
+            let message = line["fields"]["message"].as_str().unwrap_or_default();
+            message.starts_with("configuration reload")
+        })
+        .collect()
+}
+
+/// Sends SIGHUP and waits for the reload's logged outcome.
+async fn sighup_and_wait(proxy: &Proxy) -> serde_json::Value {
+    let before = reload_outcomes(proxy).len();
+    proxy.signal(libc::SIGHUP);
+    let deadline = tokio::time::Instant::now() + RELOAD_BOUND;
+    loop {
+        if let Some(outcome) = reload_outcomes(proxy).get(before) {
+            return outcome.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no reload outcome logged after SIGHUP:\n{}",
+            proxy.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+fn verify_full_with(proxy: &Proxy, ca: &Path) -> String {
+    conninfo(
+        proxy,
+        "localhost",
+        &format!("sslmode=verify-full sslrootcert={}", TlsFiles::path_str(ca)),
+    )
+}
+
+#[tokio::test]
+async fn sighup_serves_a_new_certificate_to_new_clients_and_keeps_tls_sessions() {
+    let db = TestDb::new();
+    let first = Ca::new("first CA");
+    let files = TlsFiles::new(&first, &["localhost", "127.0.0.1"]);
+    let proxy = Proxy::start(serving(&db, &files, "require").general("log_format", "json"));
+    let mut session = direct_tls(proxy.port(), &first.pem, Some(b"postgresql"))
+        .await
+        .unwrap();
+    login_on(&mut session, &token_for(TENANT_ACME)).await;
+
+    let second = Ca::new("second CA");
+    files.replace_certificate(&second, &["localhost", "127.0.0.1"]);
+    let second_ca = files.write("second-ca.pem", &second.pem);
+    let outcome = sighup_and_wait(&proxy).await;
+    assert_eq!(
+        outcome["fields"]["message"], "configuration reloaded",
+        "{outcome}"
+    );
+
+    let token = token_for(TENANT_GLOBEX);
+    let output = psql(
+        &db,
+        &verify_full_with(&proxy, &second_ca),
+        &token,
+        "SELECT 1",
+    );
+    assert_success(&output, "psql trusting the new CA");
+    let output = psql(
+        &db,
+        &verify_full_with(&proxy, &files.ca),
+        &token,
+        "SELECT 1",
+    );
+    assert!(
+        !output.status.success(),
+        "the old certificate is still served after the reload"
+    );
+    // The session accepted before the reload carries on.
+    assert_eq!(
+        raw_query(&mut session, CURRENT_TENANT).await,
+        vec![TENANT_ACME.to_owned()]
+    );
+}
+
+#[tokio::test]
+async fn sighup_with_a_broken_key_keeps_the_certificate_in_force() {
+    let db = TestDb::new();
+    let ca = Ca::new("CA");
+    let files = TlsFiles::new(&ca, &["localhost", "127.0.0.1"]);
+    let proxy = Proxy::start(serving(&db, &files, "require").general("log_format", "json"));
+    std::fs::write(&files.key, "-----BEGIN PRIVATE KEY-----\nbroken\n").unwrap();
+    let outcome = sighup_and_wait(&proxy).await;
+    let message = outcome["fields"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("configuration reload failed"),
+        "{outcome}"
+    );
+    let error = outcome["fields"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("pgtenant.client_tls_key_file"), "{outcome}");
+    let output = psql(
+        &db,
+        &verify_full_with(&proxy, &files.ca),
+        &token_for(TENANT_ACME),
+        "SELECT count(*) FROM invoices",
+    );
+    assert_success(&output, "psql after a rejected reload");
+    assert_eq!(stdout(&output), ACME_INVOICES.to_string());
+}
+
+#[tokio::test]
+async fn sighup_tightening_server_tls_replaces_plaintext_server_connections() {
+    let db = tls_pg().fresh_db();
+    let scratch = tempfile::tempdir().unwrap();
+    let ca_file = scratch.path().join("upstream-ca.pem");
+    std::fs::write(&ca_file, &upstream_ca().pem).unwrap();
+    let config = ProxyConfig::for_db(&db)
+        .general("log_format", "json")
+        .general("server_tls_sslmode", "disable")
+        .app_db("pool_size", 1);
+    let mut proxy = Proxy::start(config.clone());
+    let client = proxy.connect(&token_for(TENANT_ACME)).await.unwrap();
+    let ssl = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+    let before: bool = client.query_one(ssl, &[]).await.unwrap().get(0);
+    assert!(!before);
+
+    let before_reloads = reload_outcomes(&proxy).len();
+    proxy.reload_with(
+        config
+            .general("server_tls_sslmode", "verify-full")
+            .general("server_tls_ca_file", TlsFiles::path_str(&ca_file)),
+    );
+    let deadline = tokio::time::Instant::now() + RELOAD_BOUND;
+    let outcome = loop {
+        if let Some(outcome) = reload_outcomes(&proxy).get(before_reloads) {
+            break outcome.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", proxy.log());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        outcome["fields"]["message"], "configuration reloaded",
+        "{outcome}"
+    );
+    // The idle plaintext server is not handed out again: the same client's next
+    // transaction runs on an encrypted one.
+    let after: bool = client.query_one(ssl, &[]).await.unwrap().get(0);
+    assert!(after, "a plaintext server connection survived the reload");
+}

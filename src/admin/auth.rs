@@ -20,7 +20,7 @@ pub const ADMIN_DATABASES: &[&str] = &["pgtenant", "pgbouncer"];
 
 /// Whether a login for `database` goes to the admin console.
 pub fn is_admin_database(shared: &Shared, database: &str) -> bool {
-    ADMIN_DATABASES.contains(&database) && !shared.pools.contains_key(database)
+    ADMIN_DATABASES.contains(&database) && !shared.current().pools.contains_key(database)
 }
 
 /// An admin who logged in.
@@ -75,7 +75,8 @@ pub fn authenticate(
     user: &str,
     secret: &str,
 ) -> Result<AdminLogin, AdminAuthError> {
-    let admin_user = shared
+    let current = shared.current();
+    let admin_user = current
         .config
         .general
         .admin_users
@@ -90,9 +91,9 @@ pub fn authenticate(
         });
     }
     if looks_like_jwt(secret) {
-        match shared.verifier.verify(secret) {
+        match current.verifier.verify(secret) {
             Ok(_) => {
-                let claim = shared.config.auth.admin_claim.as_deref();
+                let claim = current.config.auth.admin_claim.as_deref();
                 return match claim {
                     Some(path) if claim_is_true(secret, path) => Ok(AdminLogin {
                         user: user.to_owned(),

@@ -5,9 +5,10 @@
 //! This module owns the console's session after login: reading messages, splitting a query
 //! into commands, answering each, and refusing the extended protocol cleanly. Who is an
 //! admin is [`auth`]'s decision, what is reported comes from [`snapshot`] (the same numbers
-//! `/metrics` serves), result encoding is [`reply`]'s. The console never forwards anything
-//! to a PostgreSQL server, never changes a pool or a client (see [`control`]), and never
-//! shows a secret.
+//! `/metrics` serves), result encoding is [`reply`]'s, and the control commands (PAUSE,
+//! KILL, RELOAD, SHUTDOWN, ...) are [`control`]'s. The console never forwards anything to a
+//! PostgreSQL server and never shows a secret; it ends with the proxy's shutdown like any
+//! idle client.
 
 pub mod auth;
 pub mod control;
@@ -105,7 +106,7 @@ async fn run(
                     let sql = protocol::read_cstr(protocol::payload(&msg))
                         .map(|(s, _)| String::from_utf8_lossy(s).into_owned())
                         .unwrap_or_default();
-                    execute(shared, &sql, &mut out);
+                    execute(shared, &sql, &mut out).await;
                     messages::ready_for_query(&mut out, b'I');
                 }
                 b'X' => {
@@ -142,7 +143,21 @@ async fn run(
             send_all(stream, &out).await?;
             out.clear();
         }
-        if stream.read_buf(&mut buf).await? == 0 {
+        let read = tokio::select! {
+            r = stream.read_buf(&mut buf) => r?,
+            _ = shared.shutdown.cancelled() => {
+                messages::error_response(
+                    &mut out,
+                    Severity::Fatal,
+                    "57P01",
+                    "terminating connection due to administrator command (pgtenant is shutting down)",
+                    None,
+                );
+                send_all(stream, &out).await?;
+                return Ok(());
+            }
+        };
+        if read == 0 {
             return Ok(());
         }
     }
@@ -150,7 +165,7 @@ async fn run(
 
 /// Runs every `;`-separated command of `sql`, stopping at the first error (as PostgreSQL
 /// stops a multi-statement query), and appends the replies.
-fn execute(shared: &Shared, sql: &str, out: &mut BytesMut) {
+async fn execute(shared: &Shared, sql: &str, out: &mut BytesMut) {
     let commands: Vec<&str> = sql
         .split(';')
         .map(str::trim)
@@ -161,7 +176,7 @@ fn execute(shared: &Shared, sql: &str, out: &mut BytesMut) {
         return;
     }
     for command in commands {
-        let reply = answer(shared, command);
+        let reply = answer(shared, command).await;
         reply.encode(out);
         if reply.is_error() {
             return;
@@ -170,7 +185,7 @@ fn execute(shared: &Shared, sql: &str, out: &mut BytesMut) {
 }
 
 /// The reply to one command (no `;`).
-pub fn answer(shared: &Shared, command: &str) -> Reply {
+pub async fn answer(shared: &Shared, command: &str) -> Reply {
     let mut words = command.split_whitespace();
     let Some(first) = words.next() else {
         return Reply::error("42601", "empty command");
@@ -197,15 +212,18 @@ pub fn answer(shared: &Shared, command: &str) -> Reply {
             )
         });
     }
-    control::run(&first).unwrap_or_else(|| {
-        Reply::error(
-            "42601",
-            format!(
-                "unknown admin console command \"{}\"; SHOW HELP lists the commands",
-                quoted(&first)
-            ),
-        )
-    })
+    let args: Vec<&str> = words.collect();
+    control::run(shared, &first, &args)
+        .await
+        .unwrap_or_else(|| {
+            Reply::error(
+                "42601",
+                format!(
+                    "unknown admin console command \"{}\"; SHOW HELP lists the commands",
+                    quoted(&first)
+                ),
+            )
+        })
 }
 
 fn quoted(word: &str) -> String {

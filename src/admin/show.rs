@@ -6,11 +6,12 @@
 //! where pgtenant does not track something PgBouncer reports (cancel requests in flight,
 //! the longest current wait) it reports 0 rather than invent a number.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::reply::{Cell, ColumnType, Reply, ResultSet};
 use super::snapshot::{self, PoolSnapshot};
 use crate::state::Shared;
+use crate::stats::ClientState;
 
 use ColumnType::{Int, Text};
 
@@ -35,10 +36,10 @@ pub fn run(shared: &Shared, what: &str) -> Option<Reply> {
     Some(Reply::Rows(set, "SHOW"))
 }
 
-/// PgBouncer's SHOW POOLS columns. Clients are counted from the pool's side: `cl_active` is
-/// clients bound to a server of this pool right now (PgBouncer also counts idle logged-in
-/// clients there; pgtenant keeps idle clients per process, see SHOW CLIENTS), `cl_waiting`
-/// the pool's wait queue.
+/// PgBouncer's SHOW POOLS columns, with PgBouncer's client counts: `cl_active` is logged-in
+/// clients of the database not waiting for a server (idle ones included), `cl_waiting` those
+/// waiting (queued for a server, or held by PAUSE or KILL). `/metrics` reports the same two
+/// numbers (`pgtenant_pool_active_clients`, `pgtenant_pool_waiting_clients`).
 fn pools(shared: &Shared) -> ResultSet {
     let mut set = ResultSet::new(&[
         ("database", Text),
@@ -62,8 +63,8 @@ fn pools(shared: &Shared) -> ResultSet {
         set.push(vec![
             p.database.into(),
             p.user.into(),
-            p.servers_active.into(),
-            p.waiting.into(),
+            p.clients_active.into(),
+            p.clients_waiting.into(),
             0u64.into(),
             0u64.into(),
             p.servers_active.into(),
@@ -178,7 +179,7 @@ fn databases(shared: &Shared) -> ResultSet {
             POOL_MODE.into(),
             (p.pool_size + p.reserve_pool_size).into(),
             p.servers_total.into(),
-            false.into(),
+            p.paused.into(),
             false.into(),
             p.tenant_seal.into(),
         ]);
@@ -186,21 +187,81 @@ fn databases(shared: &Shared) -> ResultSet {
     set
 }
 
-/// Client connections by state, one row per state. pgtenant keeps no per-client registry
-/// yet, so this is counts (PgBouncer lists one row per client); `other` is connections
-/// still logging in and admin console sessions.
+/// One row per logged-in tenant client, PgBouncer's columns where the meaning is the same:
+/// `state` is `active` (logged in, idle or in a transaction) or `waiting` (for a server),
+/// `id` is what KILL_CLIENT takes. pgtenant adds `tenant` and `in_transaction` (bound to a
+/// server now). Admin console sessions and connections still logging in are not listed
+/// (SHOW LISTS counts them as `login_clients`).
 fn clients(shared: &Shared) -> ResultSet {
-    let mut set = ResultSet::new(&[("type", Text), ("state", Text), ("count", Int)]);
-    let c = snapshot::clients(shared);
-    for (state, n) in [
-        ("active", c.active),
-        ("waiting", c.waiting),
-        ("idle", c.idle),
-        ("other", c.other()),
-    ] {
-        set.push(vec!["C".into(), state.into(), n.into()]);
+    let mut set = ResultSet::new(&[
+        ("type", Text),
+        ("user", Text),
+        ("database", Text),
+        ("state", Text),
+        ("addr", Text),
+        ("port", Int),
+        ("connect_time", Text),
+        ("tenant", Text),
+        ("in_transaction", Int),
+        ("id", Int),
+    ]);
+    for c in shared.logged_in.list() {
+        let state = c.state();
+        set.push(vec![
+            "C".into(),
+            c.user.clone().into(),
+            c.database.clone().into(),
+            match state {
+                ClientState::Waiting => "waiting",
+                ClientState::Idle | ClientState::Active => "active",
+            }
+            .into(),
+            c.peer.ip().to_string().into(),
+            c.peer.port().into(),
+            utc_text(c.connected_at).into(),
+            c.tenant.clone().into(),
+            (state == ClientState::Active).into(),
+            c.id.into(),
+        ]);
     }
     set
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC`.
+fn utc_text(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (year, month, day) = civil_date(secs / 86_400);
+    let of_day = secs % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60
+    )
+}
+
+/// The calendar date `days` after 1970-01-01 (proleptic Gregorian).
+fn civil_date(mut days: u64) -> (u64, u64, u64) {
+    let leap = |y: u64| (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400);
+    let mut year = 1970;
+    loop {
+        let length = if leap(year) { 366 } else { 365 };
+        if days < length {
+            break;
+        }
+        days -= length;
+        year += 1;
+    }
+    let february = if leap(year) { 29 } else { 28 };
+    let mut month = 1;
+    for length in [31, february, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31] {
+        if days < length {
+            break;
+        }
+        days -= length;
+        month += 1;
+    }
+    (year, month, days + 1)
 }
 
 /// Server connections by pool and state (counts: the pool keeps no per-server listing that
@@ -307,9 +368,18 @@ fn help() -> Reply {
             "Console usage".to_owned(),
             "\tSHOW HELP|POOLS|STATS|DATABASES|CLIENTS|SERVERS|TENANTS|LISTS|CONFIG|VERSION"
                 .to_owned(),
-            "\tnot supported yet: PAUSE, RESUME, RELOAD, RECONNECT, KILL, KILL_CLIENT, \
-             SHUTDOWN, SUSPEND, DISABLE, ENABLE, WAIT_CLOSE, SET"
+            "\tPAUSE [<db>]        hold new transactions; returns when running ones are done"
                 .to_owned(),
+            "\tRESUME [<db>]       let held transactions go on".to_owned(),
+            "\tRECONNECT [<db>]    replace server connections as they come free".to_owned(),
+            "\tKILL [<db>]         close the database's clients now; new ones wait for RESUME"
+                .to_owned(),
+            "\tKILL_CLIENT <id>    close one client (the id column of SHOW CLIENTS)".to_owned(),
+            "\tRELOAD              read the configuration file again".to_owned(),
+            "\tSHUTDOWN            stop: close idle clients, let transactions finish".to_owned(),
+            "\tSHUTDOWN WAIT_FOR_CLIENTS   stop accepting; exit when the last client leaves"
+                .to_owned(),
+            "\tnot supported: SUSPEND, DISABLE, ENABLE, WAIT_CLOSE, SET".to_owned(),
         ],
         "SHOW",
     )
@@ -324,6 +394,17 @@ mod tests {
         assert_eq!(per_second(100, None), 0);
         assert_eq!(per_second(100, Some(Duration::from_millis(400))), 0);
         assert_eq!(per_second(100, Some(Duration::from_secs(4))), 25);
+    }
+
+    #[test]
+    fn connect_times_are_calendar_dates_in_utc() {
+        let at = |secs: u64| utc_text(UNIX_EPOCH + Duration::from_secs(secs));
+        assert_eq!(at(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(at(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(at(951_868_799), "2000-02-29 23:59:59 UTC");
+        assert_eq!(at(951_868_800), "2000-03-01 00:00:00 UTC");
+        assert_eq!(at(1_700_000_000), "2023-11-14 22:13:20 UTC");
+        assert_eq!(at(1_704_067_199), "2023-12-31 23:59:59 UTC");
     }
 
     #[test]

@@ -12,8 +12,14 @@ use super::reply::{ColumnType, ResultSet};
 use crate::config::{Config, General, PoolMode, TenantFormat};
 use crate::state::Shared;
 
-/// `changeable`: nothing can be changed at run time until RELOAD exists.
-const CHANGEABLE: &str = "no";
+/// `changeable`: whether RELOAD (or SIGHUP) changes the key in a running proxy.
+fn changeable(key: &str) -> &'static str {
+    if crate::reload::RESTART_ONLY.contains(&key) {
+        "no"
+    } else {
+        "yes"
+    }
+}
 
 pub fn config(shared: &Shared) -> ResultSet {
     let mut set = ResultSet::new(&[
@@ -22,12 +28,12 @@ pub fn config(shared: &Shared) -> ResultSet {
         ("default", ColumnType::Text),
         ("changeable", ColumnType::Text),
     ]);
-    for (key, value, default) in rows(&shared.config) {
+    for (key, value, default) in rows(&shared.config()) {
         set.push(vec![
             key.into(),
             value.into(),
             default.into(),
-            CHANGEABLE.into(),
+            changeable(key).into(),
         ]);
     }
     set
@@ -287,6 +293,11 @@ mod tests {
         assert_eq!(get("client_tls_sslmode"), ("disable", "disable"));
         assert_eq!(get("server_tls_sslmode"), ("prefer", "prefer"));
         assert_eq!(get("server_tls_ca_file"), ("", ""));
+        assert_eq!(changeable("default_pool_size"), "yes");
+        assert_eq!(changeable("auth.algorithm"), "yes");
+        assert_eq!(changeable("client_tls_cert_file"), "yes");
+        assert_eq!(changeable("listen_port"), "no");
+        assert_eq!(changeable("tenant_setting"), "no");
         let all = format!("{rows:?}");
         for secret in [SECRET, "hunter2-admin", "dbpw-xyz"] {
             assert!(!all.contains(secret), "{secret} leaked");

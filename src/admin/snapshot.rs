@@ -33,8 +33,14 @@ pub struct PoolSnapshot {
     pub servers_idle: usize,
     /// Checked out (bound to a client's transaction) or being opened.
     pub servers_active: usize,
-    /// Clients queued for a server of this pool.
-    pub waiting: usize,
+    /// Logged-in clients of this database not waiting for a server, idle ones included
+    /// (PgBouncer's `cl_active`).
+    pub clients_active: i64,
+    /// Logged-in clients of this database waiting for a server, queued or held by a pause
+    /// (PgBouncer's `cl_waiting`).
+    pub clients_waiting: i64,
+    /// PAUSE or KILL is in effect.
+    pub paused: bool,
     /// Servers handed to clients (transactions started, readiness probes included).
     pub assignments: u64,
     pub connects: u64,
@@ -77,24 +83,30 @@ impl ClientSnapshot {
     }
 }
 
-/// Every pool, ordered by database name.
+/// Every pool in force, ordered by database name.
 pub fn pools(shared: &Shared) -> Vec<PoolSnapshot> {
     let mut rows: Vec<PoolSnapshot> = shared
+        .current()
         .pools
         .iter()
         .map(|(name, pool)| {
             let now = pool.stats();
             let settings = pool.settings();
-            let db = shared.config.database(name);
+            let db = pool.database();
             let stats = &pool.stats;
             let counters = &pool.counters;
+            let clients = stats.clients.load(Ordering::Relaxed).max(0);
+            let clients_waiting = stats
+                .clients_waiting
+                .load(Ordering::Relaxed)
+                .clamp(0, clients);
             PoolSnapshot {
                 database: name.clone(),
-                user: db.map(|d| d.user.clone()).unwrap_or_default(),
-                host: db.map(|d| d.host.clone()).unwrap_or_default(),
-                port: db.map(|d| d.port).unwrap_or_default(),
-                dbname: db.map(|d| d.dbname.clone()).unwrap_or_default(),
-                tenant_seal: pool.sealed(),
+                user: db.user.clone(),
+                host: db.host.clone(),
+                port: db.port,
+                dbname: db.dbname.clone(),
+                tenant_seal: db.tenant_seal,
                 pool_size: settings.pool_size,
                 min_pool_size: settings.min_pool_size,
                 reserve_pool_size: settings.reserve_pool_size,
@@ -102,7 +114,9 @@ pub fn pools(shared: &Shared) -> Vec<PoolSnapshot> {
                 servers_total: now.total,
                 servers_idle: now.idle,
                 servers_active: now.total.saturating_sub(now.idle),
-                waiting: now.waiting,
+                clients_active: clients - clients_waiting,
+                clients_waiting,
+                paused: now.paused,
                 assignments: counters.checkouts.load(Ordering::Relaxed),
                 connects: counters.connects.load(Ordering::Relaxed),
                 connect_errors: counters.connect_errors.load(Ordering::Relaxed),

@@ -173,7 +173,9 @@ pub async fn login(
     if crate::admin::auth::is_admin_database(shared, &request.database) {
         return admin_login(stream, peer, shared, request, out).await;
     }
-    let pool = shared
+    // One snapshot of the configuration for the whole login, whatever a reload does meanwhile.
+    let current = shared.current();
+    let pool = current
         .pools
         .get(&request.database)
         .cloned()
@@ -185,7 +187,11 @@ pub async fn login(
             )
         })?;
 
-    if !secret_may_travel(peer, stream.is_tls(), shared) {
+    if !secret_may_travel(
+        peer,
+        stream.is_tls(),
+        current.config.general.allow_plaintext_token,
+    ) {
         return Err(LoginError::refused(
             "28000",
             "plaintext_token",
@@ -203,7 +209,7 @@ pub async fn login(
             read_password(stream).await?
         }
     };
-    let verified = shared.verifier.verify(&token)?;
+    let verified = current.verifier.verify(&token)?;
     drop(token);
 
     let server_params = pool
@@ -251,7 +257,11 @@ async fn admin_login(
     request: ClientRequest,
     out: &mut BytesMut,
 ) -> Result<LoginOutcome, LoginError> {
-    if !secret_may_travel(peer, stream.is_tls(), shared) {
+    if !secret_may_travel(
+        peer,
+        stream.is_tls(),
+        shared.config().general.allow_plaintext_token,
+    ) {
         return Err(LoginError::refused(
             "28000",
             "plaintext_token",
@@ -282,11 +292,7 @@ async fn admin_login(
 
 /// Whether a token or password may be sent on this connection: always over TLS; over
 /// plaintext only from loopback, unless `allow_plaintext_token`.
-fn secret_may_travel(peer: SocketAddr, tls: bool, shared: &Shared) -> bool {
-    secret_may_travel_with(peer, tls, shared.config.general.allow_plaintext_token)
-}
-
-fn secret_may_travel_with(peer: SocketAddr, tls: bool, allow_plaintext: bool) -> bool {
+fn secret_may_travel(peer: SocketAddr, tls: bool, allow_plaintext: bool) -> bool {
     tls || allow_plaintext || is_loopback(peer)
 }
 
@@ -377,7 +383,8 @@ impl ClientRequest {
             .to_owned();
         let mut token = None;
         let mut params: ParamSet = Default::default();
-        let tenant_setting = shared.config.general.tenant_setting.as_str();
+        let config = shared.config();
+        let tenant_setting = config.general.tenant_setting.as_str();
         let mut set = |name: &str,
                        value: &str,
                        token: &mut Option<String>|
@@ -403,7 +410,7 @@ impl ClientRequest {
                     ),
                 ));
             } else if let Some(i) = tracked_index(name) {
-                params[i] = Some(value.to_owned());
+                params[i] = Some(value.into());
             } else if name == "replication" {
                 return Err(LoginError::refused(
                     "0A000",
@@ -527,10 +534,10 @@ mod tests {
     fn secrets_travel_over_tls_from_anywhere_and_over_plaintext_only_from_loopback() {
         let remote: SocketAddr = "10.0.0.7:5000".parse().unwrap();
         let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-        assert!(secret_may_travel_with(remote, true, false));
-        assert!(!secret_may_travel_with(remote, false, false));
-        assert!(secret_may_travel_with(remote, false, true));
-        assert!(secret_may_travel_with(local, false, false));
+        assert!(secret_may_travel(remote, true, false));
+        assert!(!secret_may_travel(remote, false, false));
+        assert!(secret_may_travel(remote, false, true));
+        assert!(secret_may_travel(local, false, false));
     }
 
     #[test]

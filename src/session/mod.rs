@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tracing::Instrument;
 
 use crate::cancel::{CancelSlot, CancelTarget};
 use crate::guard::{Guard, TenantValue, Verdict as GuardVerdict};
@@ -81,20 +80,44 @@ impl SessionError {
 }
 
 /// Serves one accepted client connection to the end.
-pub async fn serve_client(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, over_limit: bool) {
+///
+/// The task's own future stays a few pointers wide: the login and the session each live in
+/// their own box, so an idle client carries neither the login's state nor a transaction's.
+pub async fn serve_client(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    over_limit: bool,
+) {
+    let Some(mut session) = Box::pin(start_session(stream, peer, &shared, over_limit)).await else {
+        return;
+    };
+    let result = Box::pin(session.run()).await;
+    Box::pin(session.finish(result, &shared)).await;
+}
+
+/// Logs the client in; a session when it is a tenant client that should be served.
+async fn start_session(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    over_limit: bool,
+) -> Option<Box<Session>> {
     let client_id = shared.next_client_id();
     let _ = tcp.set_nodelay(true);
     // The login may upgrade it to TLS.
     let mut stream = ClientStream::Plain(tcp);
     let mut out = BytesMut::new();
-    let login_timeout = shared.config.general.client_login_timeout;
+    let login_timeout = shared.config().general.client_login_timeout;
     let outcome = tokio::time::timeout(
         login_timeout,
-        login::login(&mut stream, peer, &shared, over_limit, &mut out),
+        login::login(&mut stream, peer, shared, over_limit, &mut out),
     )
     .await;
     let logged_in = match outcome {
         Err(_) => {
+            // Logged before the client hears it, so the log never lags what a client saw.
+            tracing::info!(client = client_id, %peer, "login timed out");
             out.clear();
             login::refusal(
                 &mut out,
@@ -102,42 +125,49 @@ pub async fn serve_client(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>,
                 "client_login_timeout expired before login completed",
             );
             let _ = send_all(&mut stream, &out).await;
-            tracing::info!(client = client_id, %peer, "login timed out");
-            return;
+            return None;
         }
         Ok(Ok(LoginOutcome::Cancel { pid, secret })) => {
             shared.cancels.cancel(pid, secret).await;
-            return;
+            return None;
         }
         Ok(Ok(LoginOutcome::Session(l))) => l,
         Ok(Ok(LoginOutcome::Admin(admin))) => {
-            crate::admin::serve(stream, peer, client_id, shared, *admin, out).await;
-            return;
+            Box::pin(crate::admin::serve(
+                stream,
+                peer,
+                client_id,
+                Arc::clone(shared),
+                *admin,
+                out,
+            ))
+            .await;
+            return None;
         }
         Ok(Err(LoginError::Refused {
             sqlstate,
             message,
             reason,
         })) => {
+            tracing::info!(client = client_id, %peer, reason, sqlstate, "login refused");
             shared.stats.login_failed(reason);
             out.clear();
             login::refusal(&mut out, sqlstate, &message);
             let _ = send_all(&mut stream, &out).await;
-            tracing::info!(client = client_id, %peer, reason, sqlstate, "login refused");
-            return;
+            return None;
         }
         Ok(Err(LoginError::Dropped { reason })) => {
             shared.stats.login_failed(reason);
             tracing::info!(client = client_id, %peer, reason, "connection closed during login");
-            return;
+            return None;
         }
         Ok(Err(e)) => {
             tracing::debug!(client = client_id, %peer, error = %e, "login ended");
-            return;
+            return None;
         }
     };
     let tls = stream.is_tls();
-    if shared.config.general.log_connections {
+    if shared.config().general.log_connections {
         tracing::info!(client = client_id, %peer, tenant = %logged_in.tenant, db = %logged_in.database, user = %logged_in.user, tls, "login");
     }
     messages::ready_for_query(&mut out, b'I');
@@ -145,15 +175,25 @@ pub async fn serve_client(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>,
     if tls {
         shared.stats.tls_logins.inc();
     }
-    // Every line logged about this client from here on carries its id and tenant.
-    let span = tracing::info_span!("client", id = client_id, tenant = %logged_in.tenant);
-    let mut session = Session::new(client_id, stream, *logged_in, &shared, out);
-    async {
-        let result = session.run().await;
-        session.finish(result, &shared).await;
-    }
-    .instrument(span)
-    .await;
+    // Listed for SHOW CLIENTS and reachable by KILL/KILL_CLIENT until the session ends.
+    let registration = shared.logged_in.register(crate::clients::NewClient {
+        id: client_id,
+        database: logged_in.database.clone(),
+        user: logged_in.user.clone(),
+        tenant: logged_in.tenant.as_str().to_owned(),
+        peer,
+    });
+    // Every line the session logs names the client's id and tenant as fields. (Not a
+    // span: a span per client costs ~0.5 KiB in the subscriber's registry for as long as
+    // the client stays connected, and an enter/exit on every poll.)
+    Some(Session::boxed(
+        client_id,
+        stream,
+        logged_in,
+        shared,
+        out,
+        registration,
+    ))
 }
 
 struct Session {
@@ -184,10 +224,8 @@ struct Session {
     /// Remaining parts of a client Query split after a transaction-ending statement.
     pieces: VecDeque<Range<usize>>,
     pieces_text: Bytes,
-    /// Bind + Execute of the injection statement with this client's tenant, built once.
-    inject: Bytes,
     /// With `tenant_seal`: the sealed injection for the server with this id.
-    sealed_inject: Option<(u64, Bytes)>,
+    sealed_inject: Option<Box<(u64, Bytes)>>,
     /// Parameters the client chose.
     params: ParamSet,
     /// Parameters from its startup packet (what `DISCARD ALL` returns to).
@@ -195,7 +233,7 @@ struct Session {
     /// Other session settings the client made, replayed on each server it uses.
     extra: ExtraSettings,
     /// Settings being read back from the server (see `params::CAPTURE_SQL`).
-    captured: Option<(ParamSet, ExtraSettings)>,
+    captured: Option<Box<(ParamSet, ExtraSettings)>>,
     /// The bound server carries settings of this client's that must be reset before reuse.
     reset_needed: bool,
     /// The reset (and capture) query is in flight: the client's next transaction waits for
@@ -260,6 +298,7 @@ struct ClientStatement {
 
 enum Event {
     Shutdown,
+    Killed,
     Io(Result<Moved, SessionError>),
     IdleTransactionTimeout,
 }
@@ -286,18 +325,38 @@ enum Progress {
 }
 
 impl Session {
-    fn new(id: u64, client: ClientStream, l: LoggedIn, shared: &Shared, out: BytesMut) -> Session {
-        let setting = shared.config.general.tenant_setting.as_bytes();
+    /// Takes the login's box apart here, so it is freed now rather than when the client
+    /// disconnects.
+    fn boxed(
+        id: u64,
+        client: ClientStream,
+        l: Box<LoggedIn>,
+        shared: &Shared,
+        out: BytesMut,
+        registration: crate::clients::Registration,
+    ) -> Box<Session> {
+        Box::new(Session::new(id, client, *l, shared, out, registration))
+    }
+
+    fn new(
+        id: u64,
+        client: ClientStream,
+        l: LoggedIn,
+        shared: &Shared,
+        out: BytesMut,
+        registration: crate::clients::Registration,
+    ) -> Session {
+        let config = shared.config();
         let tenant_stats = shared.stats.tenant(l.tenant.as_str());
-        let inject = build_injection(setting, l.tenant.as_str().as_bytes());
+        let pool_stats = Arc::clone(&l.pool.stats);
         Session {
             id,
             client,
             pool: l.pool,
             tenant: l.tenant,
-            max_packet: shared.config.general.max_packet_size,
-            max_prepared: shared.config.general.max_prepared_statements,
-            idle_transaction_timeout: shared.config.general.idle_transaction_timeout,
+            max_packet: config.general.max_packet_size,
+            max_prepared: config.general.max_prepared_statements,
+            idle_transaction_timeout: config.general.idle_transaction_timeout,
             cbuf: BytesMut::new(),
             to_client: out,
             to_server: BytesMut::new(),
@@ -309,7 +368,6 @@ impl Session {
             maybe_ended: false,
             pieces: VecDeque::new(),
             pieces_text: Bytes::new(),
-            inject,
             sealed_inject: None,
             startup_params: l.params.clone(),
             params: l.params,
@@ -318,7 +376,7 @@ impl Session {
             reset_needed: false,
             resetting: false,
             force_release: false,
-            tenant_setting: shared.config.general.tenant_setting.clone(),
+            tenant_setting: config.general.tenant_setting.clone(),
             statements: HashMap::new(),
             unnamed_parse: None,
             unnamed_parse_owned: false,
@@ -328,7 +386,12 @@ impl Session {
             copy_end_seq: 0,
             dirty: false,
             session_changed: false,
-            tracker: ClientTracker::new(Arc::clone(&shared.stats), tenant_stats),
+            tracker: ClientTracker::new(
+                Arc::clone(&shared.stats),
+                tenant_stats,
+                pool_stats,
+                registration,
+            ),
             xact_started: None,
             guard: Arc::clone(&shared.guard),
             stats: Arc::clone(&shared.stats),
@@ -417,9 +480,11 @@ impl Session {
                 Poll::Pending
             });
             let shutdown = &self.shutdown;
+            let kill_signal = self.tracker.killed();
             let event = tokio::select! {
                 biased;
                 _ = shutdown.cancelled(), if idle_client => Event::Shutdown,
+                _ = kill_signal => Event::Killed,
                 moved = io => Event::Io(moved),
                 _ = sleep_opt(idle_timeout) => Event::IdleTransactionTimeout,
             };
@@ -430,6 +495,7 @@ impl Session {
                         "terminating connection due to administrator command (pgtenant is shutting down)",
                     ));
                 }
+                Event::Killed => return Err(killed()),
                 Event::Io(moved) => match moved? {
                     Moved::Sent | Moved::ClientData => {}
                     Moved::ServerData => self.process_server()?,
@@ -476,7 +542,15 @@ impl Session {
     async fn bind_server(&mut self) -> Result<(), SessionError> {
         self.tracker.set(ClientState::Waiting);
         let waiting_since = Instant::now();
-        let checkout = self.pool.checkout().await;
+        let checkout = match self.pool.try_checkout() {
+            Some(c) => Ok(c),
+            // Boxed: waiting or connecting is the rare case, and its state would otherwise
+            // be part of every idle client's task.
+            None => tokio::select! {
+                c = Box::pin(self.pool.checkout()) => c,
+                _ = self.tracker.killed() => return Err(killed()),
+            },
+        };
         let waited = waiting_since.elapsed();
         self.pool.stats.waited(waited);
         self.tracker
@@ -498,14 +572,13 @@ impl Session {
         self.copy_in = false;
         self.session_changed = false;
         self.unnamed_on_server = false;
+        let addr = checkout.upstream_addr();
         let conn = checkout.conn();
-        self.cancel
-            .bind(CancelTarget {
-                addr: self.pool.upstream_addr(),
-                pid: conn.backend_pid,
-                secret: conn.backend_secret,
-            })
-            .await;
+        self.cancel.bind(CancelTarget {
+            addr,
+            pid: conn.backend_pid,
+            secret: conn.backend_secret,
+        });
         let conn = checkout.conn();
         if params::append_apply_query(
             &mut self.to_server,
@@ -555,16 +628,20 @@ impl Session {
             }
             return;
         }
-        // A pipelined next transaction is already here: keep the server for it.
+        // A pipelined next transaction is already here: keep the server for it (unless the
+        // pool wants it back: PAUSE, RECONNECT).
         if !self.dirty
             && !self.force_release
+            && self.server.as_ref().is_some_and(Checkout::reusable)
             && matches!(peek_frame(&self.cbuf, self.max_packet), Ok(Some(_)))
         {
             return;
         }
         self.force_release = false;
         // First make sure no cancel of this client can reach the server any more.
-        self.cancel.unbind().await;
+        if !self.cancel.try_unbind() {
+            self.cancel.unbind().await;
+        }
         self.transaction_done();
         if let Some(server) = self.server.take() {
             if self.dirty {
@@ -1519,7 +1596,7 @@ impl Session {
             if sealed {
                 // The seal depends on the server's secret: built per server, reused while
                 // the client keeps getting the same one.
-                sealed_inject = match &self.sealed_inject {
+                sealed_inject = match self.sealed_inject.as_deref() {
                     Some((id, bytes)) if *id == conn.id => Some(bytes.clone()),
                     _ => conn.seal_secret.map(|secret| {
                         let bytes = build_sealed_injection(
@@ -1527,7 +1604,7 @@ impl Session {
                             self.tenant.as_str().as_bytes(),
                             &secret,
                         );
-                        self.sealed_inject = Some((conn.id, bytes.clone()));
+                        self.sealed_inject = Some(Box::new((conn.id, bytes.clone())));
                         bytes
                     }),
                 };
@@ -1538,7 +1615,16 @@ impl Session {
             // Without a registered secret a sealed pool would inject an unsealed tenant, which
             // the sealed policies refuse anyway (fail closed); the pool never hands out such
             // a server (registration failure closes it).
-            None => self.to_server.extend_from_slice(&self.inject),
+            // Written afresh each time (a few dozen bytes): cheaper than every idle client
+            // keeping its own copy.
+            None => put_bind_execute(
+                &mut self.to_server,
+                INJECT_STATEMENT.as_bytes(),
+                &[
+                    self.tenant_setting.as_bytes(),
+                    self.tenant.as_str().as_bytes(),
+                ],
+            ),
         }
         self.expect.push(Expected::proxy(Reply::Bind));
         self.expect.push(Expected::proxy(Reply::Execute));
@@ -1709,6 +1795,7 @@ impl Session {
                 } else {
                     tracing::error!(
                         client = self.id,
+                        tenant = %self.tenant,
                         sqlstate = %String::from_utf8_lossy(sqlstate),
                         "setting the tenant failed; closing the session"
                     );
@@ -1725,7 +1812,8 @@ impl Session {
                 if self.resetting && self.expect.is_empty() {
                     self.resetting = false;
                     self.force_release = true;
-                    if let Some((params, extra)) = self.captured.take() {
+                    if let Some(captured) = self.captured.take() {
+                        let (params, extra) = *captured;
                         self.params = params;
                         self.extra = extra;
                     }
@@ -1795,7 +1883,7 @@ impl Session {
 
     /// Records one `(name, setting)` row of the capture query.
     fn capture_row(&mut self, msg: &[u8]) {
-        let Some((params, extra)) = self.captured.as_mut() else {
+        let Some((params, extra)) = self.captured.as_deref_mut() else {
             return;
         };
         let mut cols = data_row_text(protocol::payload(msg));
@@ -1819,9 +1907,9 @@ impl Session {
         // `tracked` themselves when they are sent.
         if let Some(i) = tracked_index(name).filter(|_| forwarded) {
             if let Some(server) = self.server.as_mut() {
-                server.conn().tracked[i] = Some(value.to_owned());
+                server.conn().tracked[i] = Some(value.into());
             }
-            self.params[i] = Some(value.to_owned());
+            self.params[i] = Some(value.into());
         }
     }
 
@@ -1840,7 +1928,7 @@ impl Session {
                 );
             }
             Err(SessionError::ServerIo(e)) => {
-                tracing::warn!(client = self.id, error = %e, "server connection lost mid-transaction");
+                tracing::warn!(client = self.id, tenant = %self.tenant, error = %e, "server connection lost mid-transaction");
                 self.dirty = true;
                 messages::error_response(
                     &mut self.to_client,
@@ -1851,7 +1939,7 @@ impl Session {
                 );
             }
             Err(SessionError::Desync(tag)) => {
-                tracing::error!(client = self.id, tag = %tag, "protocol desync with server; closing both");
+                tracing::error!(client = self.id, tenant = %self.tenant, tag = %tag, "protocol desync with server; closing both");
                 self.dirty = true;
                 messages::error_response(
                     &mut self.to_client,
@@ -1893,7 +1981,7 @@ impl Session {
                 server.discard();
             }
         }
-        if shared.config.general.log_disconnections {
+        if shared.config().general.log_disconnections {
             match &result {
                 Ok(()) => tracing::info!(client = self.id, tenant = %self.tenant, "disconnect"),
                 Err(e) => {
@@ -1904,12 +1992,13 @@ impl Session {
     }
 }
 
-/// Bind (unnamed portal, the injection statement, text parameters `[setting, tenant]`) and
-/// Execute, exactly as sent before each transaction.
-fn build_injection(setting: &[u8], tenant: &[u8]) -> Bytes {
-    let mut b = BytesMut::new();
-    put_bind_execute(&mut b, INJECT_STATEMENT.as_bytes(), &[setting, tenant]);
-    b.freeze()
+/// What a client ended by KILL or KILL_CLIENT is told (PostgreSQL's words for
+/// `pg_terminate_backend`).
+fn killed() -> SessionError {
+    SessionError::client(
+        "57P01",
+        "terminating connection due to administrator command",
+    )
 }
 
 /// Bind (unnamed portal, `statement`, text parameters) and Execute (all rows).

@@ -26,7 +26,8 @@ pub const TRACKED: [&str; 7] = [
 ];
 
 /// Value per tracked parameter; `None` means the server's default.
-pub type ParamSet = [Option<String>; TRACKED.len()];
+/// `Box<str>`, not `String`: every session keeps two of these, so 8 bytes a slot count.
+pub type ParamSet = [Option<Box<str>>; TRACKED.len()];
 
 /// Settings a client changed at session level that are not in [`TRACKED`].
 pub type ExtraSettings = Vec<(String, String)>;
@@ -110,7 +111,7 @@ pub fn record_captured(
         return;
     }
     match tracked_index(name) {
-        Some(i) => params[i] = Some(value.to_owned()),
+        Some(i) => params[i] = Some(value.into()),
         None => extra.push((name.to_owned(), value.to_owned())),
     }
 }

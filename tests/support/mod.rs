@@ -11,6 +11,7 @@
 //! test holds a lock the psql statement needs (a single-threaded runtime would deadlock).
 #![allow(dead_code, unused_imports)]
 
+pub mod admin;
 pub mod drivers;
 pub mod pki;
 pub mod proxy;

@@ -99,6 +99,12 @@ impl ProxyConfig {
         self
     }
 
+    /// Removes the whole `[databases.<name>]` table.
+    pub fn without_database(mut self, name: &str) -> Self {
+        self.databases.remove(name);
+        self
+    }
+
     /// Removes a key of `[databases.<name>]`.
     pub fn without_database_key(mut self, name: &str, key: &str) -> Self {
         if let Some(Value::Table(table)) = self.databases.get_mut(name) {

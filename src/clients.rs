@@ -1,0 +1,222 @@
+//! The registry of logged-in tenant clients: who each one is (id, database, tenant, peer),
+//! whether it is waiting for a server, and the handle that ends it.
+//!
+//! A session registers once, at login, and leaves when it ends (the [`Registration`] guard,
+//! held by [`crate::stats::ClientTracker`]); the admin console reads the registry for `SHOW
+//! CLIENTS` and uses it for `KILL` and `KILL_CLIENT`. Nothing here runs per message: the state
+//! is one atomic store when a transaction gets or gives back its server. Ending a client here
+//! only cancels its token; closing the connection, its server and any open transaction is
+//! the session's job (see `Session::run`), so this module never touches a socket. The kill
+//! signal is a oneshot channel because a session polls it on every turn of its loop, and
+//! polling a oneshot receiver takes no lock.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use dashmap::DashMap;
+use tokio::sync::oneshot;
+
+use crate::stats::ClientState;
+
+/// Every logged-in tenant client, by the id SHOW CLIENTS shows and KILL_CLIENT takes.
+#[derive(Debug, Default)]
+pub struct ClientRegistry {
+    clients: DashMap<u64, Arc<ClientInfo>>,
+}
+
+/// One logged-in client.
+#[derive(Debug)]
+pub struct ClientInfo {
+    pub id: u64,
+    /// The `[databases.NAME]` entry it logged in to.
+    pub database: String,
+    /// The user name from its startup packet (pgtenant ignores it; the token decides).
+    pub user: String,
+    pub tenant: String,
+    pub peer: SocketAddr,
+    pub connected_at: SystemTime,
+    state: AtomicU8,
+    /// Taken and fired by KILL/KILL_CLIENT.
+    kill: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl ClientInfo {
+    pub fn state(&self) -> ClientState {
+        match self.state.load(Ordering::Relaxed) {
+            1 => ClientState::Waiting,
+            2 => ClientState::Active,
+            _ => ClientState::Idle,
+        }
+    }
+
+    pub(crate) fn set_state(&self, state: ClientState) {
+        let n = match state {
+            ClientState::Idle => 0,
+            ClientState::Waiting => 1,
+            ClientState::Active => 2,
+        };
+        self.state.store(n, Ordering::Relaxed);
+    }
+
+    /// Tells the session to end. Returns false if it was told already.
+    fn kill(&self) -> bool {
+        let sender = self.kill.lock().unwrap_or_else(|p| p.into_inner()).take();
+        // A session that already ended has dropped its receiver: nothing to tell.
+        sender.is_some_and(|s| s.send(()).is_ok())
+    }
+}
+
+/// Resolves when an admin ends the client. Polling it takes no lock; it resolves once, and
+/// the session ends right after (it must not be polled again).
+#[derive(Debug)]
+pub struct KillSignal(oneshot::Receiver<()>);
+
+impl Future for KillSignal {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // A dropped sender also ends the wait: the registry no longer knows the client.
+        Pin::new(&mut self.0).poll(cx).map(|_| ())
+    }
+}
+
+/// Who a newly logged-in client is.
+#[derive(Debug)]
+pub struct NewClient {
+    pub id: u64,
+    pub database: String,
+    pub user: String,
+    pub tenant: String,
+    pub peer: SocketAddr,
+}
+
+/// A client's place in the registry, with its kill signal; dropping it removes the client.
+#[derive(Debug)]
+pub struct Registration {
+    registry: Arc<ClientRegistry>,
+    info: Arc<ClientInfo>,
+    kill: KillSignal,
+}
+
+impl Registration {
+    pub fn info(&self) -> &ClientInfo {
+        &self.info
+    }
+
+    /// Resolves when an admin ends this client.
+    pub fn killed(&mut self) -> &mut KillSignal {
+        &mut self.kill
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry.clients.remove(&self.info.id);
+    }
+}
+
+impl ClientRegistry {
+    /// Adds a client that just logged in.
+    pub fn register(self: &Arc<Self>, client: NewClient) -> Registration {
+        let (kill, killed) = oneshot::channel();
+        let info = Arc::new(ClientInfo {
+            id: client.id,
+            database: client.database,
+            user: client.user,
+            tenant: client.tenant,
+            peer: client.peer,
+            connected_at: SystemTime::now(),
+            state: AtomicU8::new(0),
+            kill: Mutex::new(Some(kill)),
+        });
+        self.clients.insert(info.id, Arc::clone(&info));
+        Registration {
+            registry: Arc::clone(self),
+            info,
+            kill: KillSignal(killed),
+        }
+    }
+
+    /// Every logged-in client, by id.
+    pub fn list(&self) -> Vec<Arc<ClientInfo>> {
+        let mut all: Vec<Arc<ClientInfo>> =
+            self.clients.iter().map(|e| Arc::clone(e.value())).collect();
+        all.sort_by_key(|c| c.id);
+        all
+    }
+
+    /// Ends one client; false when no logged-in client has that id.
+    pub fn kill(&self, id: u64) -> bool {
+        // Cloned out first: the session may leave (and unregister) as soon as it is told.
+        let client = self.clients.get(&id).map(|c| Arc::clone(c.value()));
+        client.is_some_and(|c| c.kill())
+    }
+
+    /// Ends every client of `database` (all clients with `None`); returns how many.
+    pub fn kill_database(&self, database: Option<&str>) -> usize {
+        let targets: Vec<Arc<ClientInfo>> = self
+            .clients
+            .iter()
+            .filter(|c| database.is_none_or(|d| d == c.database))
+            .map(|c| Arc::clone(c.value()))
+            .collect();
+        targets.iter().filter(|c| c.kill()).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(id: u64, database: &str) -> NewClient {
+        NewClient {
+            id,
+            database: database.to_owned(),
+            user: "u".to_owned(),
+            tenant: "t".to_owned(),
+            peer: "127.0.0.1:5000".parse().unwrap(),
+        }
+    }
+
+    /// Whether the kill signal fired, without waiting.
+    fn fired(r: &mut Registration) -> bool {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        Pin::new(r.killed()).poll(&mut cx).is_ready()
+    }
+
+    #[test]
+    fn kill_reaches_only_the_named_client_or_database_and_leaving_unregisters() {
+        let registry = Arc::new(ClientRegistry::default());
+        let mut a = registry.register(client(1, "app"));
+        let mut b = registry.register(client(2, "app"));
+        let mut c = registry.register(client(3, "other"));
+        assert!(registry.kill(2));
+        assert!(!registry.kill(2), "told twice");
+        assert!(!registry.kill(99));
+        assert!(fired(&mut b));
+        assert!(!fired(&mut a));
+        assert_eq!(registry.kill_database(Some("other")), 1);
+        assert!(fired(&mut c));
+        assert!(!fired(&mut a));
+        drop(b);
+        let ids: Vec<u64> = registry.list().iter().map(|c| c.id).collect();
+        assert_eq!(ids, vec![1, 3]);
+        assert!(!registry.kill(2), "a client that left cannot be killed");
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let registry = Arc::new(ClientRegistry::default());
+        let a = registry.register(client(1, "app"));
+        for s in [ClientState::Waiting, ClientState::Active, ClientState::Idle] {
+            a.info().set_state(s);
+            assert_eq!(a.info().state(), s);
+        }
+    }
+}

@@ -51,6 +51,9 @@ const UNNAMED_STATEMENT: u64 = u64::MAX;
 const HIGH_WATER: usize = 256 * 1024;
 /// Server messages can be as large as PostgreSQL allows (1 GB).
 const MAX_SERVER_MESSAGE: usize = 0x3fff_ffff;
+/// Write buffers reserved when a transaction gets its server: just under glibc's largest
+/// per-thread cached chunk (1032 bytes), so taking and freeing them is cheap.
+const TXN_BUF: usize = 1000;
 
 /// Why a session ended abnormally. `Client` errors are told to the client before closing.
 #[derive(Debug, thiserror::Error)]
@@ -520,7 +523,7 @@ impl Session {
             }
             return;
         }
-        if self.cbuf.is_empty() {
+        if self.cbuf.is_empty() && self.cbuf.capacity() > 0 {
             self.cbuf = BytesMut::new();
         }
         if !self.unnamed_parse_owned {
@@ -530,28 +533,32 @@ impl Session {
             }
             self.unnamed_parse_owned = true;
         }
-        if self.to_client.is_empty() {
+        if self.to_client.is_empty() && self.to_client.capacity() > 0 {
             self.to_client = BytesMut::new();
         }
-        if self.to_server.is_empty() {
+        if self.to_server.is_empty() && self.to_server.capacity() > 0 {
             self.to_server = BytesMut::new();
         }
     }
 
     /// Checks out a server for the transaction the next client message starts.
     async fn bind_server(&mut self) -> Result<(), SessionError> {
-        self.tracker.set(ClientState::Waiting);
-        let waiting_since = Instant::now();
-        let checkout = match self.pool.try_checkout() {
-            Some(c) => Ok(c),
+        // An idle server right now is the common case: no clock reads and no pass through
+        // the waiting state for it.
+        let (checkout, waited) = match self.pool.try_checkout() {
+            Some(c) => (Ok(c), Duration::ZERO),
             // Boxed: waiting or connecting is the rare case, and its state would otherwise
             // be part of every idle client's task.
-            None => tokio::select! {
-                c = Box::pin(self.pool.checkout()) => c,
-                _ = self.tracker.killed() => return Err(killed()),
-            },
+            None => {
+                self.tracker.set(ClientState::Waiting);
+                let waiting_since = Instant::now();
+                let c = tokio::select! {
+                    c = Box::pin(self.pool.checkout()) => c,
+                    _ = self.tracker.killed() => return Err(killed()),
+                };
+                (c, waiting_since.elapsed())
+            }
         };
-        let waited = waiting_since.elapsed();
         self.pool.stats.waited(waited);
         self.tracker
             .tenant()
@@ -562,6 +569,10 @@ impl Session {
             Err(e) => return Err(SessionError::client(e.sqlstate(), e.to_string())),
         };
         self.tracker.set(ClientState::Active);
+        // Room for a typical transaction's messages each way, so small writes do not grow
+        // the (freed while idle) buffers step by step.
+        self.to_server.reserve(TXN_BUF);
+        self.to_client.reserve(TXN_BUF);
         self.xact_started = Some(Instant::now());
         self.status = b'I';
         self.unsynced = false;
@@ -2003,6 +2014,10 @@ fn killed() -> SessionError {
 
 /// Bind (unnamed portal, `statement`, text parameters) and Execute (all rows).
 fn put_bind_execute(out: &mut BytesMut, statement: &[u8], params: &[&[u8]]) {
+    // One reservation for both messages: written per transaction, growing the buffer piece
+    // by piece would reallocate several times.
+    let values: usize = params.iter().map(|v| 4 + v.len()).sum();
+    out.reserve(5 + 1 + statement.len() + 1 + 2 + 2 + values + 2 + 10);
     protocol::put_message(out, b'B', |b| {
         protocol::put_cstr(b, b"");
         protocol::put_cstr(b, statement);

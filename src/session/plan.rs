@@ -51,14 +51,14 @@ impl SqlPlan {
                 ..SqlPlan::default()
             };
             plan.note(&shape.first);
-            plan.note_effects(text);
+            plan.note_effects(text, true);
             return plan;
         }
         let mut plan = SqlPlan {
             statements: shape.statements,
             ..SqlPlan::default()
         };
-        plan.note_effects(text);
+        plan.note_effects(text, false);
         // Leading BEGIN / SET TRANSACTION statements must run before anything takes a
         // snapshot, so the tenant cannot be set ahead of them: the query is split after
         // them and the rest gets the tenant.
@@ -108,12 +108,12 @@ impl SqlPlan {
             ..SqlPlan::default()
         };
         plan.note(&kind);
-        plan.note_effects(text);
+        plan.note_effects(text, !text.contains(';'));
         plan
     }
 
-    fn note_effects(&mut self, text: &str) {
-        let fx = sql::session_effects(text);
+    fn note_effects(&mut self, text: &str, single: bool) {
+        let fx = sql::session_effects_of(text, single);
         self.changes_session = fx.changes_settings;
         self.needs_session = fx.needs_session;
         self.executes_prepared = fx.executes_prepared;

@@ -28,7 +28,7 @@ use classify::StatementScanner;
 use lexer::{Lexer, TokenKind};
 pub use session_state::{
     SessionCommand, SessionEffects, begin_has_characteristics, changes_session_state,
-    session_command, session_effects, sets_transaction_characteristics,
+    session_command, session_effects, session_effects_of, sets_transaction_characteristics,
 };
 
 /// What a statement means for transaction boundaries, read from its leading keywords.

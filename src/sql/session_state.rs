@@ -33,6 +33,14 @@ pub fn changes_session_state(sql: &str) -> bool {
 
 /// Scans `sql` (one or more statements) for session-level effects.
 pub fn session_effects(sql: &str) -> SessionEffects {
+    // Without a `;` there is one statement.
+    session_effects_of(sql, !sql.as_bytes().contains(&b';'))
+}
+
+/// [`session_effects`] when the caller already knows whether `sql` is one statement (a
+/// trailing `;` included): one statement stops being scanned as soon as its leading words
+/// decided.
+pub fn session_effects_of(sql: &str, single: bool) -> SessionEffects {
     let b = sql.as_bytes();
     let mut fx = SessionEffects {
         changes_settings: contains_word_part(b, b"set_config"),
@@ -41,8 +49,6 @@ pub fn session_effects(sql: &str) -> SessionEffects {
         ),
         executes_prepared: false,
     };
-    // Without a `;` there is one statement: stop as soon as its leading words decided.
-    let single = !b.contains(&b';');
     let mut lexer = Lexer::new(b);
     let mut stmt = StatementWords::default();
     while let Some(tok) = lexer.next_token() {
@@ -190,9 +196,9 @@ fn contains_word_part(b: &[u8], needle: &[u8]) -> bool {
     let Some(us) = needle.iter().position(|&c| c == b'_') else {
         return false;
     };
-    b.iter().enumerate().any(|(i, &c)| {
-        c == b'_'
-            && i >= us
+    // Jump from underscore to underscore: this runs on every query.
+    memchr::memchr_iter(b'_', b).any(|i| {
+        i >= us
             && b.len() >= i - us + needle.len()
             && b[i - us..i - us + needle.len()].eq_ignore_ascii_case(needle)
     })

@@ -19,6 +19,9 @@ use tokio::net::TcpStream;
 const MIN_SPARE: usize = 1024;
 /// How much a receive buffer grows by.
 pub const READ_CHUNK: usize = 16 * 1024;
+/// The first read into an empty (freed while idle) buffer: just under glibc's largest
+/// per-thread cached chunk (1032 bytes).
+const FIRST_READ: usize = 1000;
 /// Most bytes one TLS receive hands over (a few records), so that the session's
 /// back-pressure checks between receives stay close to their mark.
 const MAX_TLS_RECEIVE: usize = 64 * 1024;
@@ -87,6 +90,12 @@ fn detached() -> io::Error {
 
 /// Makes room for at least one more read, without touching a buffer that has room.
 fn reserve(buf: &mut BytesMut, at_least: usize) {
+    if buf.capacity() == 0 {
+        // Most reads between idle spells are one small message: start within glibc's
+        // per-thread cache; a read that fills it grows the buffer on the next round.
+        buf.reserve(at_least.max(FIRST_READ));
+        return;
+    }
     let spare = buf.capacity() - buf.len();
     if spare < at_least.max(MIN_SPARE) {
         buf.reserve(at_least.max(READ_CHUNK));
@@ -170,8 +179,13 @@ impl<T: TlsSession> Stream<T> {
                 reserve(buf, 0);
                 match s.try_read_buf(buf) {
                     Ok(n) => return Poll::Ready(Ok(n)),
-                    // Readiness was stale; `poll_read_ready` now registers the waker.
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    // Readiness was stale; `poll_read_ready` now registers the waker. An
+                    // idle connection must not keep the buffer just reserved for nothing.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if buf.is_empty() {
+                            *buf = BytesMut::new();
+                        }
+                    }
                     Err(e) => return Poll::Ready(Err(e)),
                 }
             },

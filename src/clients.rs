@@ -13,7 +13,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::SystemTime;
@@ -27,6 +27,8 @@ use crate::stats::ClientState;
 #[derive(Debug, Default)]
 pub struct ClientRegistry {
     clients: DashMap<u64, Arc<ClientInfo>>,
+    /// Set by [`ClientRegistry::shutdown_all`].
+    shutting_down: AtomicBool,
 }
 
 /// One logged-in client.
@@ -42,7 +44,7 @@ pub struct ClientInfo {
     pub connected_at: SystemTime,
     state: AtomicU8,
     /// Taken and fired by KILL/KILL_CLIENT.
-    kill: Mutex<Option<oneshot::Sender<()>>>,
+    kill: Mutex<Option<oneshot::Sender<Stop>>>,
 }
 
 impl ClientInfo {
@@ -63,25 +65,41 @@ impl ClientInfo {
         self.state.store(n, Ordering::Relaxed);
     }
 
-    /// Tells the session to end. Returns false if it was told already.
-    fn kill(&self) -> bool {
+    /// Tells the session to stop. Returns false if it was told already (a client is told
+    /// once: a kill after a shutdown notice finds it already leaving).
+    fn stop(&self, why: Stop) -> bool {
         let sender = self.kill.lock().unwrap_or_else(|p| p.into_inner()).take();
         // A session that already ended has dropped its receiver: nothing to tell.
-        sender.is_some_and(|s| s.send(()).is_ok())
+        sender.is_some_and(|s| s.send(why).is_ok())
     }
 }
 
-/// Resolves when an admin ends the client. Polling it takes no lock; it resolves once, and
-/// the session ends right after (it must not be polled again).
+/// Why a session is told to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// KILL / KILL_CLIENT: end now, even mid-transaction.
+    Kill,
+    /// The proxy is draining: end when no transaction is open.
+    Shutdown,
+}
+
+/// Resolves once when the client is told to stop, then stays pending. Polling it takes no
+/// lock: it is part of every turn of the session loop, and it also carries the shutdown
+/// notice, so an idle session waits on nothing shared by all clients.
 #[derive(Debug)]
-pub struct KillSignal(oneshot::Receiver<()>);
+pub struct KillSignal(Option<oneshot::Receiver<Stop>>);
 
 impl Future for KillSignal {
-    type Output = ();
+    type Output = Stop;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Stop> {
+        let Some(rx) = self.0.as_mut() else {
+            return Poll::Pending;
+        };
+        let got = std::task::ready!(Pin::new(rx).poll(cx));
+        self.0 = None;
         // A dropped sender also ends the wait: the registry no longer knows the client.
-        Pin::new(&mut self.0).poll(cx).map(|_| ())
+        Poll::Ready(got.unwrap_or(Stop::Kill))
     }
 }
 
@@ -135,10 +153,26 @@ impl ClientRegistry {
             kill: Mutex::new(Some(kill)),
         });
         self.clients.insert(info.id, Arc::clone(&info));
+        // Logged in while the drain began: told like everyone else (whichever of this and
+        // `shutdown_all` comes second finds the notice already sent).
+        if self.shutting_down.load(Ordering::Acquire) {
+            info.stop(Stop::Shutdown);
+        }
         Registration {
             registry: Arc::clone(self),
             info,
-            kill: KillSignal(killed),
+            kill: KillSignal(Some(killed)),
+        }
+    }
+
+    /// The drain began: every client ends as soon as it has no transaction open, and so
+    /// does every client that logs in from now on.
+    pub fn shutdown_all(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        let all: Vec<Arc<ClientInfo>> =
+            self.clients.iter().map(|c| Arc::clone(c.value())).collect();
+        for client in all {
+            client.stop(Stop::Shutdown);
         }
     }
 
@@ -154,7 +188,7 @@ impl ClientRegistry {
     pub fn kill(&self, id: u64) -> bool {
         // Cloned out first: the session may leave (and unregister) as soon as it is told.
         let client = self.clients.get(&id).map(|c| Arc::clone(c.value()));
-        client.is_some_and(|c| c.kill())
+        client.is_some_and(|c| c.stop(Stop::Kill))
     }
 
     /// Ends every client of `database` (all clients with `None`); returns how many.
@@ -165,7 +199,7 @@ impl ClientRegistry {
             .filter(|c| database.is_none_or(|d| d == c.database))
             .map(|c| Arc::clone(c.value()))
             .collect();
-        targets.iter().filter(|c| c.kill()).count()
+        targets.iter().filter(|c| c.stop(Stop::Kill)).count()
     }
 }
 

@@ -71,7 +71,12 @@ pub async fn serve(
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = shutdown.cancelled() => break,
+                    _ = shutdown.cancelled() => {
+                        // Sessions hear of the drain through their own signal, not by each
+                        // waiting on the shared token (one lock for all, every transaction).
+                        shared.logged_in.shutdown_all();
+                        break;
+                    }
                     _ = tick.tick() => {}
                 }
                 for pool in shared.all_pools() {

@@ -16,7 +16,7 @@ use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Free space below which a receive buffer grows before the next read.
-const MIN_SPARE: usize = 1024;
+const MIN_SPARE: usize = 256;
 /// How much a receive buffer grows by.
 pub const READ_CHUNK: usize = 16 * 1024;
 /// The first read into an empty (freed while idle) buffer: just under glibc's largest
@@ -174,21 +174,21 @@ impl<T: TlsSession> Stream<T> {
         buf: &mut BytesMut,
     ) -> Poll<io::Result<usize>> {
         match self {
-            Stream::Plain(s) => loop {
+            Stream::Plain(s) => {
+                // Readiness first (no syscall), so an idle connection reserves nothing.
                 ready!(s.poll_read_ready(cx))?;
                 reserve(buf, 0);
-                match s.try_read_buf(buf) {
-                    Ok(n) => return Poll::Ready(Ok(n)),
-                    // Readiness was stale; `poll_read_ready` now registers the waker. An
-                    // idle connection must not keep the buffer just reserved for nothing.
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        if buf.is_empty() {
-                            *buf = BytesMut::new();
-                        }
-                    }
-                    Err(e) => return Poll::Ready(Err(e)),
+                // `poll_read` rather than `try_read`: a read that leaves room in the buffer
+                // drained the socket, and tokio then forgets the readiness, so the next turn
+                // waits for epoll instead of paying a read that finds nothing.
+                let read = tokio_util::io::poll_read_buf(Pin::new(s), cx, buf);
+                if read.is_pending() && buf.is_empty() {
+                    // Readiness was stale; the waker is registered. An idle connection must
+                    // not keep the buffer just reserved for nothing.
+                    *buf = BytesMut::new();
                 }
-            },
+                read
+            }
             Stream::Tls(t) => {
                 let mut total = 0;
                 loop {

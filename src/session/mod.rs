@@ -28,6 +28,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::cancel::{CancelSlot, CancelTarget};
+use crate::clients::Stop;
 use crate::guard::{Guard, TenantValue, Verdict as GuardVerdict};
 use crate::net::{ClientStream, READ_CHUNK, send_all};
 use crate::pool::statements::StmtDef;
@@ -275,7 +276,8 @@ struct Session {
     tracker: ClientTracker,
     guard: Arc<Guard>,
     stats: Arc<Stats>,
-    shutdown: tokio_util::sync::CancellationToken,
+    /// The proxy is draining: end as soon as no transaction is open.
+    stopping: bool,
     /// When the current transaction got its server.
     xact_started: Option<Instant>,
 }
@@ -300,8 +302,7 @@ struct ClientStatement {
 }
 
 enum Event {
-    Shutdown,
-    Killed,
+    Stop(Stop),
     Io(Result<Moved, SessionError>),
     IdleTransactionTimeout,
 }
@@ -398,7 +399,7 @@ impl Session {
             xact_started: None,
             guard: Arc::clone(&shared.guard),
             stats: Arc::clone(&shared.stats),
-            shutdown: shared.shutdown.clone(),
+            stopping: false,
             cancel_pid: l.cancel_pid,
             cancel: l.cancel,
         }
@@ -429,6 +430,12 @@ impl Session {
             // Shutting down: a client between transactions is closed now; one in a
             // transaction finishes it first.
             let idle_client = self.server.is_none() && self.to_client.is_empty();
+            if self.stopping && idle_client {
+                return Err(SessionError::client(
+                    "57P01",
+                    "terminating connection due to administrator command (pgtenant is shutting down)",
+                ));
+            }
             // One poll over both sockets, in a fixed order: drain towards the client, then
             // towards the server, then read the server, then the client. Each direction
             // moves what the socket takes now (one syscall on plain TCP) and reports it.
@@ -482,23 +489,17 @@ impl Session {
                 }
                 Poll::Pending
             });
-            let shutdown = &self.shutdown;
             let kill_signal = self.tracker.killed();
             let event = tokio::select! {
                 biased;
-                _ = shutdown.cancelled(), if idle_client => Event::Shutdown,
-                _ = kill_signal => Event::Killed,
+                stop = kill_signal => Event::Stop(stop),
                 moved = io => Event::Io(moved),
                 _ = sleep_opt(idle_timeout) => Event::IdleTransactionTimeout,
             };
             match event {
-                Event::Shutdown => {
-                    return Err(SessionError::client(
-                        "57P01",
-                        "terminating connection due to administrator command (pgtenant is shutting down)",
-                    ));
-                }
-                Event::Killed => return Err(killed()),
+                Event::Stop(Stop::Kill) => return Err(killed()),
+                // Noted here; the session ends at the top of the loop once it is idle.
+                Event::Stop(Stop::Shutdown) => self.stopping = true,
                 Event::Io(moved) => match moved? {
                     Moved::Sent | Moved::ClientData => {}
                     Moved::ServerData => self.process_server()?,
@@ -552,9 +553,16 @@ impl Session {
             None => {
                 self.tracker.set(ClientState::Waiting);
                 let waiting_since = Instant::now();
-                let c = tokio::select! {
-                    c = Box::pin(self.pool.checkout()) => c,
-                    _ = self.tracker.killed() => return Err(killed()),
+                let mut checkout = Box::pin(self.pool.checkout());
+                let c = loop {
+                    tokio::select! {
+                        c = &mut checkout => break c,
+                        stop = self.tracker.killed() => match stop {
+                            Stop::Kill => return Err(killed()),
+                            // This transaction still runs; the session ends after it.
+                            Stop::Shutdown => self.stopping = true,
+                        },
+                    }
                 };
                 (c, waiting_since.elapsed())
             }
@@ -2163,7 +2171,9 @@ fn split_cstr(data: &[u8]) -> Result<(&[u8], &[u8]), SessionError> {
 
 async fn sleep_opt(d: Option<Duration>) {
     match d {
-        Some(d) => tokio::time::sleep(d).await,
+        // Boxed: only an idle-in-transaction client with the timeout configured gets here,
+        // and a timer inline would widen every session's loop state.
+        Some(d) => Box::pin(tokio::time::sleep(d)).await,
         None => std::future::pending().await,
     }
 }

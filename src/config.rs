@@ -73,6 +73,8 @@ pub struct General {
     pub server_idle_timeout: Option<Duration>,
     pub server_lifetime: Option<Duration>,
     pub client_login_timeout: Duration,
+    /// On SIGTERM/SIGINT/SHUTDOWN, how long transactions in flight get to finish.
+    pub shutdown_timeout: Duration,
     pub idle_transaction_timeout: Option<Duration>,
     pub max_packet_size: usize,
     /// Most clients' prepared statements kept prepared on one server connection; the least
@@ -201,6 +203,7 @@ impl Default for General {
             server_idle_timeout: Some(Duration::from_secs(600)),
             server_lifetime: Some(Duration::from_secs(3600)),
             client_login_timeout: Duration::from_secs(60),
+            shutdown_timeout: Duration::from_secs(30),
             idle_transaction_timeout: None,
             max_packet_size: 64 * 1024 * 1024,
             max_prepared_statements: 200,
@@ -816,6 +819,7 @@ const GENERAL_KEYS: &[&str] = &[
     "server_idle_timeout",
     "server_lifetime",
     "client_login_timeout",
+    "shutdown_timeout",
     "idle_transaction_timeout",
     "max_packet_size",
     "max_prepared_statements",
@@ -908,6 +912,7 @@ fn parse_general(mut t: Table, sources: &SecretSources<'_>) -> Result<General, C
     let server_lifetime = t.optional_duration_or("server_lifetime", d.server_lifetime)?;
     let client_login_timeout =
         t.positive_duration_or("client_login_timeout", d.client_login_timeout)?;
+    let shutdown_timeout = t.duration_or("shutdown_timeout", d.shutdown_timeout)?;
     let idle_transaction_timeout =
         t.optional_duration_or("idle_transaction_timeout", d.idle_transaction_timeout)?;
     let max_packet_size = t.usize(
@@ -970,6 +975,7 @@ fn parse_general(mut t: Table, sources: &SecretSources<'_>) -> Result<General, C
         server_idle_timeout,
         server_lifetime,
         client_login_timeout,
+        shutdown_timeout,
         idle_transaction_timeout,
         max_packet_size,
         max_prepared_statements,

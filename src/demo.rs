@@ -128,7 +128,7 @@ password = "{api_password}"
         });
     }
     let served = match crate::state::Shared::new(config, Some(config_path.clone()), shutdown) {
-        Ok(shared) => crate::listener::serve(shared, listener, Duration::from_secs(2)).await,
+        Ok(shared) => crate::listener::serve(shared, listener, Some(Duration::from_secs(2))).await,
         Err(e) => Err(e.into()),
     };
     eprintln!("pgtenant demo: stopping PostgreSQL and removing its data ...");

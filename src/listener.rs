@@ -43,12 +43,13 @@ pub async fn bind(config: &Config) -> Result<TcpListener, RunError> {
 }
 
 /// Serves clients on `listener` until `shared.stop_accepting` is cancelled. After a shutdown
-/// (`shared.shutdown`) connected clients get up to `drain` to finish; after `SHUTDOWN
+/// (`shared.shutdown`) connected clients get up to `drain` (by default the configuration's
+/// `shutdown_timeout`, as in force when the drain begins) to finish; after `SHUTDOWN
 /// WAIT_FOR_CLIENTS` they may stay as long as they like, unless a shutdown follows.
 pub async fn serve(
     shared: Arc<Shared>,
     listener: TcpListener,
-    drain: Duration,
+    drain: Option<Duration>,
 ) -> Result<(), RunError> {
     let shutdown = shared.shutdown.clone();
     let tracker = TaskTracker::new();
@@ -113,7 +114,10 @@ pub async fn serve(
     tracker.close();
     let drained = tokio::select! {
         _ = tracker.wait() => true,
-        _ = shutdown.cancelled() => tokio::time::timeout(drain, tracker.wait()).await.is_ok(),
+        _ = shutdown.cancelled() => {
+            let drain = drain.unwrap_or(shared.config().general.shutdown_timeout);
+            tokio::time::timeout(drain, tracker.wait()).await.is_ok()
+        }
     };
     if !drained {
         tracing::warn!("shutdown: clients still connected after the drain timeout; closing them");

@@ -211,7 +211,7 @@ fn run(path: PathBuf) -> ExitCode {
             }
         };
         tokio::spawn(signals.handle(Arc::clone(&shared)));
-        match pgtenant::listener::serve(shared, listener, Duration::from_secs(30)).await {
+        match pgtenant::listener::serve(shared, listener, None).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("{e}");

@@ -63,3 +63,51 @@ async fn sigterm_lets_a_transaction_in_flight_finish_and_closes_idle_clients() {
     let status = exited.expect("the proxy did not exit after its last transaction ended");
     assert!(status.success(), "exit status {status}");
 }
+
+#[tokio::test]
+async fn a_transaction_left_open_past_shutdown_timeout_is_rolled_back_and_the_proxy_exits() {
+    let db = TestDb::new();
+    let mut proxy = Proxy::start(ProxyConfig::for_db(&db).general("shutdown_timeout", 1));
+    let stuck = proxy.connect(&token_for(TENANT_ACME)).await.unwrap();
+    stuck.batch_execute("BEGIN").await.unwrap();
+    stuck
+        .batch_execute(
+            "INSERT INTO invoices (tenant_id, amount, status) \
+             VALUES (current_setting('app.current_tenant_id')::uuid, 1, 'never-committed')",
+        )
+        .await
+        .unwrap();
+
+    proxy.signal(libc::SIGTERM);
+
+    // The transaction never ends on its own; the default (30 s) would still be waiting
+    // when this gives up.
+    let mut exited = None;
+    for _ in 0..150 {
+        if let Some(status) = proxy.try_exit_status() {
+            exited = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = exited.expect("the proxy did not exit after shutdown_timeout");
+    assert!(status.success(), "exit status {status}");
+
+    // Its server was closed with the transaction open: nothing was committed, and no backend
+    // is left in a transaction.
+    let mut open = String::new();
+    for _ in 0..50 {
+        open = db.psql(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' \
+             AND state LIKE 'idle in transaction%'",
+            db.name()
+        ));
+        if open.trim() == "0" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(open.trim(), "0", "a backend is still in a transaction");
+    let committed = db.psql("SELECT count(*) FROM invoices WHERE status = 'never-committed'");
+    assert_eq!(committed.trim(), "0");
+}

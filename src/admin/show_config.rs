@@ -107,6 +107,11 @@ fn rows(config: &Config) -> Vec<(&'static str, String, String)> {
             secs(d.client_login_timeout),
         ),
         (
+            "shutdown_timeout",
+            secs(g.shutdown_timeout),
+            secs(d.shutdown_timeout),
+        ),
+        (
             "idle_transaction_timeout",
             seconds(g.idle_transaction_timeout),
             seconds(d.idle_transaction_timeout),

@@ -3,12 +3,13 @@
 //!
 //! A session registers once, at login, and leaves when it ends (the [`Registration`] guard,
 //! held by [`crate::stats::ClientTracker`]); the admin console reads the registry for `SHOW
-//! CLIENTS` and uses it for `KILL` and `KILL_CLIENT`. Nothing here runs per message: the state
-//! is one atomic store when a transaction gets or gives back its server. Ending a client here
-//! only cancels its token; closing the connection, its server and any open transaction is
-//! the session's job (see `Session::run`), so this module never touches a socket. The kill
-//! signal is a oneshot channel because a session polls it on every turn of its loop, and
-//! polling a oneshot receiver takes no lock.
+//! CLIENTS`, uses it for `KILL` and `KILL_CLIENT`, and the drain tells every session through
+//! it. Nothing here runs per message: the state is one atomic store when a transaction gets
+//! or gives back its server. Stopping a client here only sends it a notice; closing the
+//! connection, its server and any open transaction is the session's job (see
+//! `Session::run`), so this module never touches a socket. The notice is a oneshot channel
+//! because a session polls it on every turn of its loop, and polling a oneshot receiver takes
+//! no lock (a shared cancellation token would be one lock for all clients).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -126,7 +127,7 @@ impl Registration {
         &self.info
     }
 
-    /// Resolves when an admin ends this client.
+    /// Resolves once when this client is told to stop: KILL/KILL_CLIENT or the drain.
     pub fn killed(&mut self) -> &mut KillSignal {
         &mut self.kill
     }

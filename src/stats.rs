@@ -287,7 +287,7 @@ impl ClientTracker {
         &self.tenant
     }
 
-    /// Resolves when an admin ends this client (KILL, KILL_CLIENT).
+    /// Resolves once when this client is told to stop: KILL/KILL_CLIENT or the drain.
     pub fn killed(&mut self) -> &mut crate::clients::KillSignal {
         self.registration.killed()
     }

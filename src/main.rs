@@ -192,16 +192,9 @@ fn run(path: PathBuf) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let listener = match pgtenant::listener::bind(&config).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("{e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, "pgtenant listening");
-        }
+        // Everything the configuration names (TLS files, keys) is loaded before the port
+        // opens: once a client can connect, the proxy no longer needs those files to exist.
+        let bind_config = Arc::clone(&config);
         let shutdown = CancellationToken::new();
         let shared = match Shared::new(config, Some(path), shutdown) {
             Ok(s) => s,
@@ -210,6 +203,17 @@ fn run(path: PathBuf) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let listener = match pgtenant::listener::bind(&bind_config).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        drop(bind_config);
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "pgtenant listening");
+        }
         tokio::spawn(signals.handle(Arc::clone(&shared)));
         match pgtenant::listener::serve(shared, listener, None).await {
             Ok(()) => ExitCode::SUCCESS,

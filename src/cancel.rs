@@ -48,7 +48,7 @@ pub struct CancelRegistry {
 }
 
 impl CancelRegistry {
-    /// Registers a client key; returns false when the pid is taken (draw another).
+    /// Registers a client key; `None` when the pid is taken (draw another).
     pub fn register(&self, pid: i32, secret: i32) -> Option<Arc<CancelSlot>> {
         let slot = Arc::new(CancelSlot {
             secret,
@@ -115,10 +115,8 @@ impl CancelSlot {
         self.lock().target = Some(target);
     }
 
-    /// The client's transaction is over: cancels no longer reach that server. Returns false
-    /// (and leaves the binding) while a cancel is being delivered to it; the caller then
-    /// waits with [`CancelSlot::unbind`] before the server may serve anyone else.
-    pub fn try_unbind(&self) -> bool {
+    /// Ends the binding unless a cancel is being delivered to it (then false, binding left).
+    fn try_unbind(&self) -> bool {
         let mut st = self.lock();
         if st.in_flight {
             return false;
@@ -127,8 +125,14 @@ impl CancelSlot {
         true
     }
 
-    /// Unbinds, first waiting for a cancel being delivered right now.
+    /// The client's transaction is over: cancels no longer reach that server. Waits first
+    /// for a cancel being delivered to it right now, so the server cannot serve anyone else
+    /// before PostgreSQL has taken that cancel. Without one (every
+    /// transaction but a cancelled one) this takes the slot's lock once and never waits.
     pub async fn unbind(&self) {
+        if self.try_unbind() {
+            return;
+        }
         loop {
             let delivered = self.delivered.notified();
             tokio::pin!(delivered);

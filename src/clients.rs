@@ -170,11 +170,7 @@ impl ClientRegistry {
     /// does every client that logs in from now on.
     pub fn shutdown_all(&self) {
         self.shutting_down.store(true, Ordering::Release);
-        let all: Vec<Arc<ClientInfo>> =
-            self.clients.iter().map(|c| Arc::clone(c.value())).collect();
-        for client in all {
-            client.stop(Stop::Shutdown);
-        }
+        self.stop_where(|_| true, Stop::Shutdown);
     }
 
     /// Every logged-in client, by id.
@@ -194,13 +190,20 @@ impl ClientRegistry {
 
     /// Ends every client of `database` (all clients with `None`); returns how many.
     pub fn kill_database(&self, database: Option<&str>) -> usize {
+        self.stop_where(|c| database.is_none_or(|d| d == c.database), Stop::Kill)
+    }
+
+    /// Tells every client `which` selects to stop; returns how many were told now. The
+    /// clients are cloned out first: a session may leave (and unregister) as soon as it is
+    /// told, which must not happen under the map's shard lock.
+    fn stop_where(&self, which: impl Fn(&ClientInfo) -> bool, why: Stop) -> usize {
         let targets: Vec<Arc<ClientInfo>> = self
             .clients
             .iter()
-            .filter(|c| database.is_none_or(|d| d == c.database))
+            .filter(|c| which(c.value()))
             .map(|c| Arc::clone(c.value()))
             .collect();
-        targets.iter().filter(|c| c.stop(Stop::Kill)).count()
+        targets.iter().filter(|c| c.stop(why)).count()
     }
 }
 

@@ -162,9 +162,11 @@ impl TlsState {
 impl Snapshot {
     fn build(config: &Config) -> Result<Snapshot, TlsError> {
         let tls = &config.general.tls;
+        let provider = provider();
         let acceptor = match tls.client_tls_sslmode {
             ClientTlsMode::Disable => None,
             ClientTlsMode::Allow | ClientTlsMode::Require => Some(acceptor(
+                &provider,
                 tls.client_tls_cert_file.as_deref(),
                 tls.client_tls_key_file.as_deref(),
                 tls.client_tls_sslmode,
@@ -188,15 +190,16 @@ impl Snapshot {
             }
             None => None,
         };
-        let provider = provider();
-        let unverified = connector(
+        let client_builder = || {
             ClientConfig::builder_with_provider(Arc::clone(&provider))
                 .with_safe_default_protocol_versions()
-                .map_err(|e| protocol_error(CA_KEY, e))?
+                .map_err(|e| protocol_error(CA_KEY, e))
+        };
+        let signatures = Unverified(provider.signature_verification_algorithms);
+        let unverified = connector(
+            client_builder()?
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Unverified(
-                    provider.signature_verification_algorithms,
-                )))
+                .with_custom_certificate_verifier(Arc::new(signatures.clone()))
                 .with_no_client_auth(),
         );
         let (verify_ca, verify_full) = match roots {
@@ -204,17 +207,13 @@ impl Snapshot {
             Some(roots) => {
                 let chain_only = ChainOnly {
                     roots: Arc::clone(&roots),
-                    algorithms: provider.signature_verification_algorithms,
+                    signatures,
                 };
-                let verify_ca = ClientConfig::builder_with_provider(Arc::clone(&provider))
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| protocol_error(CA_KEY, e))?
+                let verify_ca = client_builder()?
                     .dangerous()
                     .with_custom_certificate_verifier(Arc::new(chain_only))
                     .with_no_client_auth();
-                let verify_full = ClientConfig::builder_with_provider(Arc::clone(&provider))
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| protocol_error(CA_KEY, e))?
+                let verify_full = client_builder()?
                     .with_root_certificates(roots)
                     .with_no_client_auth();
                 (Some(connector(verify_ca)), Some(connector(verify_full)))
@@ -253,6 +252,7 @@ fn connector(mut config: ClientConfig) -> TlsConnector {
 }
 
 fn acceptor(
+    provider: &Arc<CryptoProvider>,
     cert: Option<&Path>,
     key: Option<&Path>,
     mode: ClientTlsMode,
@@ -265,7 +265,7 @@ fn acceptor(
     let key_path = key.ok_or_else(|| missing(KEY_KEY))?;
     let chain = load_certs(CERT_KEY, cert_path)?;
     let key = load_key(key_path)?;
-    let mut config = ServerConfig::builder_with_provider(provider())
+    let mut config = ServerConfig::builder_with_provider(Arc::clone(provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| protocol_error(CERT_KEY, e))?
         .with_no_client_auth()
@@ -348,7 +348,7 @@ fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
 /// `require` / `prefer`: encryption without authentication, as libpq does it. The
 /// handshake signature is still checked, so the session key belongs to whoever holds the
 /// presented certificate; who that is, is not checked.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Unverified(WebPkiSupportedAlgorithms);
 
 impl ServerCertVerifier for Unverified {
@@ -391,7 +391,8 @@ impl ServerCertVerifier for Unverified {
 #[derive(Debug)]
 struct ChainOnly {
     roots: Arc<RootCertStore>,
-    algorithms: WebPkiSupportedAlgorithms,
+    /// The handshake signature checks, the same as without verification.
+    signatures: Unverified,
 }
 
 impl ServerCertVerifier for ChainOnly {
@@ -409,7 +410,7 @@ impl ServerCertVerifier for ChainOnly {
             &self.roots,
             intermediates,
             now,
-            self.algorithms.all,
+            self.signatures.0.all,
         )?;
         Ok(ServerCertVerified::assertion())
     }
@@ -420,7 +421,7 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        self.signatures.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -429,11 +430,11 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        self.signatures.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
+        self.signatures.supported_verify_schemes()
     }
 }
 

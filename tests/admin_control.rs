@@ -23,26 +23,9 @@ use tokio_postgres::Client;
 
 /// Upper bound for polling loops and for any single wait on the proxy.
 const BOUND: Duration = Duration::from_secs(30);
-const POLL_EVERY: Duration = Duration::from_millis(50);
 
 const INSERT_MARKED: &str = "INSERT INTO invoices (tenant_id, amount, status) \
      VALUES (current_setting('app.current_tenant_id')::uuid, 1, 'control-test')";
-
-/// Polls `check` until it holds; panics naming `what` after [`BOUND`].
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + BOUND;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not reached after {BOUND:?}"
-        );
-        tokio::time::sleep(POLL_EVERY).await;
-    }
-}
 
 /// Server connections the proxy holds to `db` (as the pool role), from PostgreSQL's side.
 async fn server_pids(superuser: &Client, db: &TestDb) -> Vec<i32> {

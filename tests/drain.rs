@@ -83,31 +83,29 @@ async fn a_transaction_left_open_past_shutdown_timeout_is_rolled_back_and_the_pr
     // The transaction never ends on its own; the default (30 s) would still be waiting
     // when this gives up.
     let mut exited = None;
-    for _ in 0..150 {
-        if let Some(status) = proxy.try_exit_status() {
-            exited = Some(status);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let status = exited.expect("the proxy did not exit after shutdown_timeout");
+    eventually_within(
+        Duration::from_secs(15),
+        "the proxy exits after shutdown_timeout",
+        || {
+            exited = proxy.try_exit_status();
+            std::future::ready(exited.is_some())
+        },
+    )
+    .await;
+    let status = exited.expect("checked above");
     assert!(status.success(), "exit status {status}");
 
     // Its server was closed with the transaction open: nothing was committed, and no backend
     // is left in a transaction.
-    let mut open = String::new();
-    for _ in 0..50 {
-        open = db.psql(&format!(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' \
-             AND state LIKE 'idle in transaction%'",
-            db.name()
-        ));
-        if open.trim() == "0" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(open.trim(), "0", "a backend is still in a transaction");
+    let in_transaction = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' \
+         AND state LIKE 'idle in transaction%'",
+        db.name()
+    );
+    eventually("no backend left in a transaction", || {
+        std::future::ready(db.psql(&in_transaction).trim() == "0")
+    })
+    .await;
     let committed = db.psql("SELECT count(*) FROM invoices WHERE status = 'never-committed'");
     assert_eq!(committed.trim(), "0");
 }

@@ -96,22 +96,6 @@ async fn server_count(superuser: &Client, db: &TestDb) -> i64 {
         .get(0)
 }
 
-/// Polls `check` until it holds; panics naming `what` after [`BOUND`].
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + BOUND;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not reached after {BOUND:?}"
-        );
-        tokio::time::sleep(POLL_EVERY).await;
-    }
-}
-
 /// Samples the server count until stopped; the handle returns the largest count seen.
 fn monitor_servers(
     superuser: Client,

@@ -519,9 +519,7 @@ impl Session {
     /// should cost their sockets and little else.
     fn shed_idle_buffers(&mut self) {
         if self.server.is_some() {
-            if self.cbuf.is_empty() && self.cbuf.capacity() > READ_CHUNK * 4 {
-                self.cbuf = BytesMut::new();
-            }
+            shrink_drained(&mut self.cbuf);
             return;
         }
         if self.cbuf.is_empty() && self.cbuf.capacity() > 0 {
@@ -658,9 +656,7 @@ impl Session {
         }
         self.force_release = false;
         // First make sure no cancel of this client can reach the server any more.
-        if !self.cancel.try_unbind() {
-            self.cancel.unbind().await;
-        }
+        self.cancel.unbind().await;
         self.transaction_done();
         if let Some(server) = self.server.take() {
             if self.dirty {

@@ -301,3 +301,33 @@ fn random_suffix() -> String {
     let bytes: [u8; 12] = rand::rng().random();
     hex::encode(bytes)
 }
+
+/// How long [`eventually`] waits: generous, since a loaded CI machine is slow.
+pub const EVENTUALLY_BOUND: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Polls `check` every 50 ms until it holds; panics naming `what` after
+/// [`EVENTUALLY_BOUND`].
+pub async fn eventually<F, Fut>(what: &str, check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    eventually_within(EVENTUALLY_BOUND, what, check).await;
+}
+
+/// [`eventually`] with its own bound, for checks that must fail when something waits for
+/// a longer timeout instead.
+pub async fn eventually_within<F, Fut>(bound: std::time::Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + bound;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not reached after {bound:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

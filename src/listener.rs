@@ -87,6 +87,36 @@ pub async fn serve(
         })
     };
 
+    // The accept loop runs as a task on the runtime's workers. Awaited directly it would run
+    // on the thread that called `block_on`, and every accepted client would cost a wake-up of
+    // that thread by the worker that saw the listener become readable.
+    let accepting = tokio::spawn(accept_loop(Arc::clone(&shared), listener, tracker.clone()));
+    if let Err(e) = accepting.await {
+        tracing::error!(error = %e, "the accept loop ended abnormally");
+    }
+    tracker.close();
+    let drained = tokio::select! {
+        _ = tracker.wait() => true,
+        _ = shutdown.cancelled() => {
+            let drain = drain.unwrap_or(shared.config().general.shutdown_timeout);
+            tokio::time::timeout(drain, tracker.wait()).await.is_ok()
+        }
+    };
+    if !drained {
+        tracing::warn!("shutdown: clients still connected after the drain timeout; closing them");
+    }
+    maintenance.abort();
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
+    for pool in shared.all_pools() {
+        pool.close().await;
+    }
+    Ok(())
+}
+
+/// Accepts clients until `shared.stop_accepting` is cancelled, one tracked task each.
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tracker: TaskTracker) {
     let stop_accepting = shared.stop_accepting.clone();
     loop {
         let accepted = tokio::select! {
@@ -110,24 +140,4 @@ pub async fn serve(
             shared.clients.fetch_sub(1, Ordering::AcqRel);
         });
     }
-    drop(listener);
-    tracker.close();
-    let drained = tokio::select! {
-        _ = tracker.wait() => true,
-        _ = shutdown.cancelled() => {
-            let drain = drain.unwrap_or(shared.config().general.shutdown_timeout);
-            tokio::time::timeout(drain, tracker.wait()).await.is_ok()
-        }
-    };
-    if !drained {
-        tracing::warn!("shutdown: clients still connected after the drain timeout; closing them");
-    }
-    maintenance.abort();
-    if let Some(metrics) = metrics {
-        metrics.abort();
-    }
-    for pool in shared.all_pools() {
-        pool.close().await;
-    }
-    Ok(())
 }

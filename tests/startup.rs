@@ -9,6 +9,8 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use bytes::BytesMut;
+use postgres_protocol::message::frontend;
 use support::proxy::proxy_binary;
 use support::raw::*;
 use support::*;
@@ -318,6 +320,43 @@ async fn ssl_and_gssenc_requests_are_answered_n_and_login_proceeds() {
         let tenant = raw_query(&mut stream, CURRENT_TENANT).await;
         assert_eq!(tenant, vec![TENANT_GLOBEX.to_owned()]);
     }
+}
+
+/// Nothing in the protocol makes a client wait for ReadyForQuery before it queues its first
+/// query: a startup packet, password and query sent in one write are all served, the query
+/// as the token's tenant.
+#[tokio::test]
+async fn a_query_sent_in_the_same_write_as_the_login_is_answered() {
+    let db = TestDb::new();
+    let proxy = Proxy::start(ProxyConfig::for_db(&db));
+    let token = token_for(TENANT_GLOBEX);
+    let mut bytes = BytesMut::new();
+    frontend::startup_message(
+        [("user", CLIENT_USER), ("database", PROXY_DBNAME)],
+        &mut bytes,
+    )
+    .unwrap();
+    frontend::password_message(token.as_bytes(), &mut bytes).unwrap();
+    frontend::query(CURRENT_TENANT, &mut bytes).unwrap();
+    let mut stream = raw_connect(proxy.port()).await;
+    stream.write_all(&bytes).await.unwrap();
+    assert_eq!(read_login(&mut stream).await.auth, vec![3]);
+    let reply = read_login(&mut stream).await;
+    assert_eq!(reply.error, None);
+    assert!(reply.ready, "{reply:?}");
+    let mut rows = Vec::new();
+    loop {
+        let msg = read_msg(&mut stream)
+            .await
+            .expect("closed before the query's answer");
+        match msg.tag {
+            b'D' => rows.push(String::from_utf8_lossy(&msg.body[6..]).into_owned()),
+            b'E' => panic!("{:?}", error_field(&msg.body, b'M')),
+            b'Z' => break,
+            _ => {}
+        }
+    }
+    assert_eq!(rows, vec![TENANT_GLOBEX.to_owned()]);
 }
 
 // ------------------------------------------------------------------ startup parameters

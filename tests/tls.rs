@@ -543,6 +543,26 @@ async fn disable_answers_ssl_request_with_n_and_closes_direct_tls() {
     );
 }
 
+/// Bytes a client sends after an SSLRequest, before the answer, would be taken as if they
+/// had come encrypted: refused, as PostgreSQL does.
+#[tokio::test]
+async fn plaintext_sent_after_an_ssl_request_before_its_answer_is_refused_with_08p01() {
+    let db = TestDb::new();
+    let ca = Ca::new("CA");
+    let files = TlsFiles::new(&ca, &["localhost", "127.0.0.1"]);
+    let proxy = Proxy::start(serving(&db, &files, "allow"));
+    let mut bytes = BytesMut::from(&request_packet(SSL_REQUEST_CODE)[..]);
+    let token = token_for(TENANT_ACME);
+    frontend::startup_message(token_params(&token).iter().copied(), &mut bytes).unwrap();
+    let mut stream = raw_connect(proxy.port()).await;
+    stream.write_all(&bytes).await.unwrap();
+    let reply = read_login(&mut stream).await;
+    let (code, message) = reply.error.expect("the login went on");
+    assert_eq!(code, "08P01", "{message}");
+    assert!(message.contains("unencrypted data"), "{message}");
+    assert!(!reply.ready);
+}
+
 #[tokio::test]
 async fn direct_tls_with_alpn_postgresql_logs_in_and_runs_queries() {
     let db = TestDb::new();

@@ -74,10 +74,11 @@ pub async fn serve(
     shared: Arc<Shared>,
     login: AdminLogin,
     mut out: BytesMut,
+    pending: BytesMut,
 ) {
     tracing::info!(client = client_id, %peer, user = %login.user, method = login.method, "admin console login");
     messages::ready_for_query(&mut out, b'I');
-    match run(&mut stream, &shared, out).await {
+    match run(&mut stream, &shared, out, pending).await {
         Ok(()) => tracing::debug!(client = client_id, "admin console session ended"),
         Err(e @ (AdminError::Frame(_) | AdminError::UnexpectedMessage(_))) => {
             let mut out = BytesMut::new();
@@ -93,8 +94,9 @@ async fn run(
     stream: &mut ClientStream,
     shared: &Shared,
     mut out: BytesMut,
+    mut buf: BytesMut,
 ) -> Result<(), AdminError> {
-    let mut buf = BytesMut::with_capacity(1024);
+    buf.reserve(1024);
     // After an extended-protocol message was refused: skip to the next Sync, as PostgreSQL
     // does after an error in an extended-protocol batch.
     let mut skipping_to_sync = false;

@@ -177,6 +177,44 @@ pub struct PoolStats {
 #[error("database \"{0}\" was resumed before all its server connections were released")]
 pub struct PauseInterrupted(pub String);
 
+/// The ParameterStatus values a server reported at login, as every client is told them at
+/// its own login (`is_superuser` always `off`: pgtenant refuses privileged pool roles
+/// unless told otherwise, and clients must not act on it).
+#[derive(Default)]
+pub struct ServerParams {
+    /// (name, value), sorted by name.
+    pub values: Vec<(String, String)>,
+    /// Each entry of `values` as an encoded ParameterStatus message: built once per server
+    /// login instead of once per client login.
+    pub encoded: Vec<bytes::Bytes>,
+}
+
+impl ServerParams {
+    fn new(reported: &std::collections::HashMap<String, String>) -> ServerParams {
+        let mut values: Vec<(String, String)> = reported
+            .iter()
+            .map(|(k, v)| {
+                let v = if k == "is_superuser" {
+                    "off"
+                } else {
+                    v.as_str()
+                };
+                (k.clone(), v.to_owned())
+            })
+            .collect();
+        values.sort();
+        let encoded = values
+            .iter()
+            .map(|(name, value)| {
+                let mut b = bytes::BytesMut::new();
+                crate::protocol::messages::parameter_status(&mut b, name, value);
+                b.freeze()
+            })
+            .collect();
+        ServerParams { values, encoded }
+    }
+}
+
 pub struct Pool {
     pub name: String,
     state: Mutex<PoolState>,
@@ -193,7 +231,7 @@ pub struct Pool {
     /// it).
     released: Notify,
     /// ParameterStatus values from the latest server login, echoed to clients at login.
-    startup_params: Mutex<Vec<(String, String)>>,
+    startup_params: Mutex<Option<Arc<ServerParams>>>,
     pub counters: PoolCounters,
     /// pgtenant's names for clients' prepared statements.
     pub statements: statements::StatementRegistry,
@@ -269,7 +307,7 @@ impl Pool {
             sealed: AtomicBool::new(sealed),
             pause_gate: watch::Sender::new(false),
             released: Notify::new(),
-            startup_params: Mutex::new(Vec::new()),
+            startup_params: Mutex::new(None),
             counters: PoolCounters::default(),
             statements: statements::StatementRegistry::default(),
             stats,
@@ -310,23 +348,21 @@ impl Pool {
 
     /// ParameterStatus values a server reported at login, opening one connection first if
     /// none has been made yet.
-    pub async fn startup_params(self: &Arc<Self>) -> Result<Vec<(String, String)>, PoolError> {
-        {
-            let p = self
-                .startup_params
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if !p.is_empty() {
-                return Ok(p.clone());
-            }
+    pub async fn startup_params(self: &Arc<Self>) -> Result<Arc<ServerParams>, PoolError> {
+        if let Some(p) = self.latest_params() {
+            return Ok(p);
         }
         let conn = self.checkout().await?;
         conn.release();
-        let p = self
-            .startup_params
+        // Every server login records its parameters, so this one did.
+        Ok(self.latest_params().unwrap_or_default())
+    }
+
+    fn latest_params(&self) -> Option<Arc<ServerParams>> {
+        self.startup_params
             .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        Ok(p.clone())
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// An idle connection if one is ready now, the pool is not paused and nobody is queued
@@ -554,19 +590,11 @@ impl Pool {
                 });
             }
         }
-        {
-            let mut p = self
-                .startup_params
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let mut params: Vec<(String, String)> = conn
-                .params
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            params.sort();
-            *p = params;
-        }
+        let params = Arc::new(ServerParams::new(&conn.params));
+        *self
+            .startup_params
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(params);
         tracing::debug!(db = %self.name, server = conn.id, pid = conn.backend_pid, "server connection opened");
         Ok(Pooled {
             conn: Box::new(conn),

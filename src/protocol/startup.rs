@@ -63,28 +63,48 @@ pub enum StartupError {
     Io(#[from] std::io::Error),
 }
 
-/// Reads one startup-phase packet.
+/// Bytes asked of the socket at a time during the login: a startup packet or a token-bearing
+/// password message normally fits, so it arrives in one read.
+const LOGIN_READ: usize = 1024;
+
+/// Reads until `buf` holds at least `n` bytes, taking whatever the peer has sent in each
+/// read (so a message usually costs one read, not one for its length and one for its body).
+/// Bytes past `n` stay in `buf` for the next message.
+pub async fn fill<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    n: usize,
+) -> std::io::Result<()> {
+    while buf.len() < n {
+        buf.reserve((n - buf.len()).max(LOGIN_READ));
+        if stream.read_buf(buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(())
+}
+
+/// Reads one startup-phase packet. `buf` holds bytes read before and keeps those read past
+/// the packet.
 pub async fn read_packet<S: AsyncRead + Unpin>(
     stream: &mut S,
+    buf: &mut BytesMut,
 ) -> Result<StartupPacket, StartupError> {
-    let mut len_buf = [0u8; 4];
-    match stream.read_exact(&mut len_buf).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(StartupError::Eof),
-        Err(e) => return Err(e.into()),
-    }
-    let len = i32::from_be_bytes(len_buf);
-    if !(8..=MAX_STARTUP_PACKET as i32).contains(&len) {
-        return Err(StartupError::BadLength(i64::from(len)));
-    }
-    let mut body = vec![0u8; len as usize - 4];
-    stream.read_exact(&mut body).await.map_err(|e| {
+    let eof = |e: std::io::Error| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
             StartupError::Eof
         } else {
             StartupError::Io(e)
         }
-    })?;
+    };
+    fill(stream, buf, 4).await.map_err(eof)?;
+    let len = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    if !(8..=MAX_STARTUP_PACKET as i32).contains(&len) {
+        return Err(StartupError::BadLength(i64::from(len)));
+    }
+    fill(stream, buf, len as usize).await.map_err(eof)?;
+    let packet = buf.split_to(len as usize);
+    let body = &packet[4..];
     let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
     match code {
         SSL_REQUEST_CODE if len == 8 => Ok(StartupPacket::SslRequest),
@@ -194,14 +214,19 @@ mod tests {
     #[tokio::test]
     async fn ssl_request_is_recognised() {
         let bytes = packet(SSL_REQUEST_CODE, b"");
-        let p = read_packet(&mut &bytes[..]).await.unwrap();
+        let p = read_packet(&mut &bytes[..], &mut BytesMut::new())
+            .await
+            .unwrap();
         assert!(matches!(p, StartupPacket::SslRequest));
     }
 
     #[tokio::test]
     async fn startup_parameters_are_parsed() {
         let bytes = packet(196_608, b"user\0bob\0database\0app\0\0");
-        let StartupPacket::Startup(p) = read_packet(&mut &bytes[..]).await.unwrap() else {
+        let StartupPacket::Startup(p) = read_packet(&mut &bytes[..], &mut BytesMut::new())
+            .await
+            .unwrap()
+        else {
             panic!("not a startup message");
         };
         assert_eq!(p.get("user"), Some("bob"));
@@ -209,10 +234,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn bytes_read_past_a_packet_stay_for_the_next_one() {
+        let mut bytes = packet(SSL_REQUEST_CODE, b"");
+        bytes.extend_from_slice(&packet(196_608, b"user\0bob\0\0"));
+        let mut buf = BytesMut::new();
+        let mut stream = &bytes[..];
+        let first = read_packet(&mut stream, &mut buf).await.unwrap();
+        assert!(matches!(first, StartupPacket::SslRequest));
+        assert_eq!(
+            buf.len(),
+            bytes.len() - 8,
+            "the read took everything available"
+        );
+        let StartupPacket::Startup(p) = read_packet(&mut stream, &mut buf).await.unwrap() else {
+            panic!("not a startup message");
+        };
+        assert_eq!(p.get("user"), Some("bob"));
+        assert!(buf.is_empty());
+    }
+
+    #[tokio::test]
     async fn oversized_startup_packet_is_refused() {
         let bytes = 20_000i32.to_be_bytes();
         assert!(matches!(
-            read_packet(&mut &bytes[..]).await,
+            read_packet(&mut &bytes[..], &mut BytesMut::new()).await,
             Err(StartupError::BadLength(20_000))
         ));
     }
@@ -222,7 +267,7 @@ mod tests {
         let mut bytes = packet(196_608, b"user\0bob\0\0");
         bytes.truncate(10);
         assert!(matches!(
-            read_packet(&mut &bytes[..]).await,
+            read_packet(&mut &bytes[..], &mut BytesMut::new()).await,
             Err(StartupError::Eof)
         ));
     }
@@ -231,7 +276,7 @@ mod tests {
     async fn unterminated_parameter_list_is_malformed() {
         let bytes = packet(196_608, b"user\0bob");
         assert!(matches!(
-            read_packet(&mut &bytes[..]).await,
+            read_packet(&mut &bytes[..], &mut BytesMut::new()).await,
             Err(StartupError::Malformed)
         ));
     }
@@ -240,7 +285,7 @@ mod tests {
     async fn protocol_2_is_refused() {
         let bytes = packet(2 << 16, b"user\0bob\0\0");
         assert!(matches!(
-            read_packet(&mut &bytes[..]).await,
+            read_packet(&mut &bytes[..], &mut BytesMut::new()).await,
             Err(StartupError::UnsupportedProtocol { major: 2, .. })
         ));
     }

@@ -11,7 +11,6 @@
 use std::net::SocketAddr;
 
 use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
 
 use crate::auth::token::TokenError;
 use crate::config::ClientTlsMode;
@@ -25,6 +24,10 @@ use crate::tenant::TenantId;
 
 /// Largest password message accepted: room for a large RS/ES token with many claims.
 const MAX_PASSWORD_MESSAGE: usize = 64 * 1024;
+
+/// Room for the login's reply (AuthenticationOk, a dozen ParameterStatus, BackendKeyData,
+/// ReadyForQuery: about 420 bytes), reserved once instead of grown message by message.
+const LOGIN_REPLY: usize = 512;
 
 /// A client that logged in.
 pub struct LoggedIn {
@@ -95,34 +98,48 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// Runs the login phase up to (not including) the final ReadyForQuery. `stream` starts as
 /// plain TCP and comes back encrypted if the client asked for TLS.
+///
+/// `rbuf` keeps what the client sent past the login (a client that pipelines its first
+/// messages), for the session to handle.
 pub async fn login(
     stream: &mut ClientStream,
     peer: SocketAddr,
     shared: &Shared,
     over_limit: bool,
     out: &mut BytesMut,
+    rbuf: &mut BytesMut,
 ) -> Result<LoginOutcome, LoginError> {
     let tls = shared.tls.client();
     // Direct TLS (PostgreSQL 17, "Protocol Flow: SSL Session Encryption"): the client opens
     // with a ClientHello instead of an SSLRequest, and must negotiate ALPN "postgresql" so
     // that a TLS client of another protocol cannot be steered here.
-    if opens_with_tls(stream).await? {
-        let Some(acceptor) = &tls.acceptor else {
-            return Err(LoginError::Dropped {
-                reason: "direct_tls_disabled",
-            });
-        };
-        upgrade(stream, acceptor, peer).await?;
-        if stream.alpn_protocol() != Some(crate::tls::ALPN_POSTGRESQL) {
-            return Err(LoginError::refused(
-                "08P01",
-                "tls_alpn",
-                "direct TLS connections must negotiate the ALPN protocol \"postgresql\"",
-            ));
+    match &tls.acceptor {
+        Some(acceptor) => {
+            if opens_with_tls(stream).await? {
+                upgrade(stream, acceptor, peer).await?;
+                if stream.alpn_protocol() != Some(crate::tls::ALPN_POSTGRESQL) {
+                    return Err(LoginError::refused(
+                        "08P01",
+                        "tls_alpn",
+                        "direct TLS connections must negotiate the ALPN protocol \"postgresql\"",
+                    ));
+                }
+            }
+        }
+        None => {
+            // No certificate to answer direct TLS with, and the client cannot read a
+            // PostgreSQL error: close. The first read shows it (no peek needed).
+            startup::fill(stream, rbuf, 1).await.map_err(gone_or_io)?;
+            if rbuf.first() == Some(&TLS_HANDSHAKE_RECORD) {
+                return Err(LoginError::Dropped {
+                    reason: "direct_tls_disabled",
+                });
+            }
         }
     }
     let params = loop {
-        match startup::read_packet(stream).await {
+        let packet = startup::read_packet(stream, rbuf).await;
+        match packet {
             Ok(StartupPacket::SslRequest | StartupPacket::GssEncRequest) if stream.is_tls() => {
                 return Err(LoginError::refused(
                     "08P01",
@@ -131,6 +148,15 @@ pub async fn login(
                 ));
             }
             Ok(StartupPacket::SslRequest) => match &tls.acceptor {
+                // Bytes sent before the handshake would be taken as if they came encrypted
+                // (PostgreSQL refuses this too: CVE-2021-23214).
+                Some(_) if !rbuf.is_empty() => {
+                    return Err(LoginError::refused(
+                        "08P01",
+                        "protocol",
+                        "received unencrypted data after SSL request",
+                    ));
+                }
                 Some(acceptor) => {
                     send_all(stream, b"S").await?;
                     upgrade(stream, acceptor, peer).await?;
@@ -171,7 +197,7 @@ pub async fn login(
     }
     let request = ClientRequest::from_startup(&params, shared)?;
     if crate::admin::auth::is_admin_database(shared, &request.database) {
-        return admin_login(stream, peer, shared, request, out).await;
+        return admin_login(stream, peer, shared, request, out, rbuf).await;
     }
     // One snapshot of the configuration for the whole login, whatever a reload does meanwhile.
     let current = shared.current();
@@ -206,7 +232,7 @@ pub async fn login(
             messages::auth_cleartext_password(out);
             send_all(stream, out).await?;
             out.clear();
-            read_password(stream).await?
+            read_password(stream, rbuf).await?
         }
     };
     let verified = current.verifier.verify(&token)?;
@@ -221,14 +247,13 @@ pub async fn login(
             reason: "upstream",
         })?;
 
+    out.reserve(LOGIN_REPLY);
     messages::auth_ok(out);
-    for (name, value) in &server_params {
-        let value = match tracked_index(name).and_then(|i| request.params[i].as_deref()) {
-            Some(v) => v,
-            None if name == "is_superuser" => "off",
-            None => value.as_str(),
-        };
-        messages::parameter_status(out, name, value);
+    for ((name, _), encoded) in server_params.values.iter().zip(&server_params.encoded) {
+        match tracked_index(name).and_then(|i| request.params[i].as_deref()) {
+            Some(v) => messages::parameter_status(out, name, v),
+            None => out.extend_from_slice(encoded),
+        }
     }
     let (cancel_pid, cancel_secret, cancel) = loop {
         let (pid, secret) = cancel_key();
@@ -256,6 +281,7 @@ async fn admin_login(
     shared: &Shared,
     request: ClientRequest,
     out: &mut BytesMut,
+    rbuf: &mut BytesMut,
 ) -> Result<LoginOutcome, LoginError> {
     if !secret_may_travel(
         peer,
@@ -275,7 +301,7 @@ async fn admin_login(
             messages::auth_cleartext_password(out);
             send_all(stream, out).await?;
             out.clear();
-            read_password(stream).await?
+            read_password(stream, rbuf).await?
         }
     };
     let admin = crate::admin::auth::authenticate(shared, &request.user, &secret).map_err(|e| {
@@ -452,24 +478,22 @@ impl ClientRequest {
     }
 }
 
-async fn read_password(stream: &mut ClientStream) -> Result<String, LoginError> {
-    let mut header = [0u8; 5];
-    match stream.read_exact(&mut header).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(LoginError::Gone),
-        Err(e) => return Err(e.into()),
-    }
-    if header[0] != b'p' {
+async fn read_password(
+    stream: &mut ClientStream,
+    rbuf: &mut BytesMut,
+) -> Result<String, LoginError> {
+    startup::fill(stream, rbuf, 5).await.map_err(gone_or_io)?;
+    if rbuf[0] != b'p' {
         return Err(LoginError::refused(
             "08P01",
             "protocol",
             format!(
                 "expected a password message, got message type '{}'",
-                char::from(header[0]).escape_default()
+                char::from(rbuf[0]).escape_default()
             ),
         ));
     }
-    let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+    let len = i32::from_be_bytes([rbuf[1], rbuf[2], rbuf[3], rbuf[4]]);
     if len < 5 || len as usize > MAX_PASSWORD_MESSAGE {
         return Err(LoginError::refused(
             "08P01",
@@ -477,14 +501,11 @@ async fn read_password(stream: &mut ClientStream) -> Result<String, LoginError> 
             format!("invalid password message length {len}"),
         ));
     }
-    let mut body = vec![0u8; len as usize - 4];
-    stream.read_exact(&mut body).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            LoginError::Gone
-        } else {
-            LoginError::Io(e)
-        }
-    })?;
+    startup::fill(stream, rbuf, 1 + len as usize)
+        .await
+        .map_err(gone_or_io)?;
+    let message = rbuf.split_to(1 + len as usize);
+    let mut body = message[5..].to_vec();
     if body.last() != Some(&0) {
         return Err(LoginError::refused(
             "08P01",
@@ -502,6 +523,15 @@ async fn read_password(stream: &mut ClientStream) -> Result<String, LoginError> 
     }
     String::from_utf8(body)
         .map_err(|_| LoginError::refused("28000", "malformed", "tenant token is not valid UTF-8"))
+}
+
+/// A read that hit the end of the stream means the client left.
+fn gone_or_io(e: std::io::Error) -> LoginError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        LoginError::Gone
+    } else {
+        LoginError::Io(e)
+    }
 }
 
 /// Appends the FATAL error for a refused login.

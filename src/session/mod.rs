@@ -112,12 +112,18 @@ async fn start_session(
     // The login may upgrade it to TLS.
     let mut stream = ClientStream::Plain(tcp);
     let mut out = BytesMut::new();
+    let mut rbuf = BytesMut::new();
     let login_timeout = shared.config().general.client_login_timeout;
     let outcome = tokio::time::timeout(
         login_timeout,
-        login::login(&mut stream, peer, shared, over_limit, &mut out),
+        login::login(&mut stream, peer, shared, over_limit, &mut out, &mut rbuf),
     )
     .await;
+    // What the client sent past its login is its first messages; an idle client keeps no
+    // read buffer.
+    if rbuf.is_empty() {
+        rbuf = BytesMut::new();
+    }
     let logged_in = match outcome {
         Err(_) => {
             // Logged before the client hears it, so the log never lags what a client saw.
@@ -144,6 +150,7 @@ async fn start_session(
                 Arc::clone(shared),
                 *admin,
                 out,
+                rbuf,
             ))
             .await;
             return None;
@@ -195,7 +202,7 @@ async fn start_session(
         stream,
         logged_in,
         shared,
-        out,
+        (out, rbuf),
         registration,
     ))
 }
@@ -336,10 +343,10 @@ impl Session {
         client: ClientStream,
         l: Box<LoggedIn>,
         shared: &Shared,
-        out: BytesMut,
+        buffers: (BytesMut, BytesMut),
         registration: crate::clients::Registration,
     ) -> Box<Session> {
-        Box::new(Session::new(id, client, *l, shared, out, registration))
+        Box::new(Session::new(id, client, *l, shared, buffers, registration))
     }
 
     fn new(
@@ -347,7 +354,7 @@ impl Session {
         client: ClientStream,
         l: LoggedIn,
         shared: &Shared,
-        out: BytesMut,
+        (out, pending): (BytesMut, BytesMut),
         registration: crate::clients::Registration,
     ) -> Session {
         let config = shared.config();
@@ -361,7 +368,7 @@ impl Session {
             max_packet: config.general.max_packet_size,
             max_prepared: config.general.max_prepared_statements,
             idle_transaction_timeout: config.general.idle_transaction_timeout,
-            cbuf: BytesMut::new(),
+            cbuf: pending,
             to_client: out,
             to_server: BytesMut::new(),
             server: None,

@@ -5,15 +5,18 @@
 //! and never taken from the token: a header naming any other algorithm (`none`, or HS256 signed
 //! with an RSA public key as the HMAC secret) is refused before any key is touched. `exp` is
 //! required; `nbf` is checked when present; `iss` and `aud` are required and checked when
-//! configured. This module must never put a token, or any part of one (claim values included),
+//! configured. A token accepted once is remembered (by its SHA-256) until it expires or the
+//! verifier is replaced by a reload, so reconnecting clients skip the signature check; `exp`
+//! is still checked on every use. This module must never put a token, or any part of one (claim values included),
 //! into an error message or a log line.
 //!
 //! Crypto comes from `jsonwebtoken` with its `rust_crypto` feature; with exactly one backend
 //! feature enabled the crate selects its provider itself, so no `CryptoProvider` is installed
 //! here (and no process-global state is touched).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -22,6 +25,7 @@ use jsonwebtoken::errors::ErrorKind as JwtErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 use crate::config::{AuthConfig, ConfigError, TenantFormat};
 use crate::tenant::{TenantError, TenantId};
@@ -36,7 +40,17 @@ pub struct TokenVerifier {
     validation: Validation,
     tenant_claim: Vec<String>,
     tenant_format: TenantFormat,
+    /// Tokens this verifier accepted, by SHA-256 of the whole token, so that a client that
+    /// reconnects with the same token (a serverless function, a pool's reconnect) skips the
+    /// signature check and claim parsing. Only `exp` can change a verdict over time, and it
+    /// is checked again on every use; everything else the verdict rests on (keys, issuer,
+    /// audience, tenant format) belongs to this verifier, which a reload replaces whole.
+    recent: Mutex<HashMap<[u8; 32], VerifiedToken>>,
 }
+
+/// Entries kept in [`TokenVerifier::recent`]; when full it starts over (a burst of full
+/// verifications, never unbounded memory).
+const RECENT_TOKENS: usize = 4096;
 
 enum VerifyingKeys {
     Single(DecodingKey),
@@ -192,14 +206,43 @@ impl TokenVerifier {
             validation,
             tenant_claim: cfg.tenant_claim.split('.').map(str::to_owned).collect(),
             tenant_format: cfg.tenant_format.clone(),
+            recent: Mutex::new(HashMap::new()),
         })
     }
 
     /// Verifies signature, algorithm, time and claims, and extracts the tenant.
     pub fn verify(&self, token: &str) -> Result<VerifiedToken, TokenError> {
+        self.verify_at(token, jsonwebtoken::get_current_timestamp())
+    }
+
+    /// [`TokenVerifier::verify`] with the clock read by the caller: `now` decides whether a
+    /// token accepted before has expired since (a token seen for the first time is checked
+    /// by `jsonwebtoken` against the system clock).
+    fn verify_at(&self, token: &str, now: u64) -> Result<VerifiedToken, TokenError> {
         if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::Malformed);
         }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(known) = recent.get(&digest) {
+            // jsonwebtoken's rule: expired once `exp` is more than `leeway` in the past.
+            if known.expires_at.saturating_add(self.validation.leeway) < now {
+                recent.remove(&digest);
+                return Err(TokenError::Expired);
+            }
+            return Ok(known.clone());
+        }
+        drop(recent);
+        let verified = self.verify_fully(token)?;
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() >= RECENT_TOKENS {
+            recent.clear();
+        }
+        recent.insert(digest, verified.clone());
+        Ok(verified)
+    }
+
+    fn verify_fully(&self, token: &str) -> Result<VerifiedToken, TokenError> {
         let header = read_unverified_header(token)?;
         if header.crit.is_some() {
             return Err(TokenError::Malformed);
@@ -574,4 +617,55 @@ fn put_at_path(claims: &mut Map<String, Value>, path: &str, value: Value) -> Res
     }
     object.insert(last.to_owned(), value);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "unit-test-secret-0123456789abcdef0123456789abcdef";
+    const TENANT: &str = "0e1d7c3a-5b6f-4a2b-9c8d-1234567890ab";
+
+    fn verifier(leeway: u64) -> TokenVerifier {
+        let toml = format!(
+            "[auth]\nalgorithm = \"HS256\"\nsecret = \"{SECRET}\"\nleeway = {leeway}\n\
+             [databases.app]\nhost = \"localhost\"\nuser = \"api_user\"\n"
+        );
+        let config =
+            crate::config::Config::from_toml_str(&toml, std::path::Path::new(".")).unwrap();
+        TokenVerifier::new(&config.auth).unwrap()
+    }
+
+    fn token(ttl: Duration) -> String {
+        let key = MintKey::hmac(Algorithm::HS256, SECRET.as_bytes()).unwrap();
+        mint(&key, "tenant_id", TENANT, ttl, Map::new()).unwrap()
+    }
+
+    #[test]
+    fn a_remembered_token_is_refused_once_it_expires() {
+        let v = verifier(30);
+        let token = token(Duration::from_secs(60));
+        let now = jsonwebtoken::get_current_timestamp();
+        let first = v.verify_at(&token, now).unwrap();
+        assert_eq!(first.tenant.as_str(), TENANT);
+        // Remembered: accepted again while `exp` plus the leeway has not passed.
+        let at_the_limit = first.expires_at + 30;
+        assert_eq!(v.verify_at(&token, at_the_limit), Ok(first.clone()));
+        assert_eq!(
+            v.verify_at(&token, at_the_limit + 1),
+            Err(TokenError::Expired)
+        );
+    }
+
+    #[test]
+    fn a_token_differing_from_a_remembered_one_is_checked_in_full() {
+        let v = verifier(0);
+        let token = token(Duration::from_secs(60));
+        assert!(v.verify(&token).is_ok());
+        // Same header and claims, one character of the signature changed.
+        let at = token.len() - 5;
+        let swapped = if &token[at..=at] == "A" { "B" } else { "A" };
+        let forged = format!("{}{swapped}{}", &token[..at], &token[at + 1..]);
+        assert_eq!(v.verify(&forged), Err(TokenError::BadSignature));
+    }
 }

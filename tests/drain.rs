@@ -24,26 +24,16 @@ async fn sigterm_lets_a_transaction_in_flight_finish_and_closes_idle_clients() {
     proxy.signal(libc::SIGTERM);
 
     // The idle client is told why and closed.
-    let mut closed = false;
-    for _ in 0..50 {
-        if idle.is_closed() {
-            closed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(closed, "the idle client was not closed on shutdown");
+    eventually("the idle client closed on shutdown", || async {
+        idle.is_closed()
+    })
+    .await;
 
     // No new connections are accepted.
-    let mut refused = false;
-    for _ in 0..50 {
-        if proxy.connect(&token_for(TENANT_GLOBEX)).await.is_err() {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(refused, "new connections still accepted after SIGTERM");
+    eventually("new connections refused after SIGTERM", || async {
+        proxy.connect(&token_for(TENANT_GLOBEX)).await.is_err()
+    })
+    .await;
 
     // The transaction in flight goes on and commits.
     assert_eq!(invoice_count(&busy).await, ACME_INVOICES + 1);

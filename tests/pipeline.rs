@@ -236,6 +236,76 @@ async fn error_mid_batch_skips_to_sync_and_the_next_batch_works() {
 }
 
 #[tokio::test]
+async fn messages_sent_after_an_error_came_back_are_skipped_until_sync() {
+    let db = TestDb::new();
+    let proxy = proxy_with_pool(&db, 1);
+    let mut client = Raw::login(proxy.port(), &token_for(TENANT_ACME)).await;
+    // "fresh" is parsed between transactions and reaches a server only when first bound;
+    // "described" is prepared and described on the server.
+    let mut buf = BytesMut::new();
+    parse(
+        &mut buf,
+        "fresh",
+        &format!("SELECT $1::text, {CURRENT_TENANT}"),
+    );
+    parse(
+        &mut buf,
+        "described",
+        &format!("SELECT $1::text AS v, {CURRENT_TENANT} AS t"),
+    );
+    frontend::describe(b'S', "described", &mut buf).unwrap();
+    sync(&mut buf);
+    client.send(&buf).await;
+    assert_eq!(tags(&client.until_ready().await), "11tTZ");
+    // pgtenant takes DISCARD as dropping the server's statements: the next Bind of
+    // "described" would first prepare and describe it afresh, to compare shapes.
+    assert_eq!(tags(&client.simple("DISCARD PLANS").await), "CZ");
+
+    // A pipelining driver reads results between sends: here the error has reached the
+    // client (Flush) before the rest of its batch leaves.
+    let mut buf = BytesMut::new();
+    run_unnamed(&mut buf, "SELECT 1", &[]);
+    run_unnamed(&mut buf, "SELECT 1 / g FROM generate_series(0, 0) g", &[]);
+    frontend::flush(&mut buf);
+    client.send(&buf).await;
+    let replies = client.recv_n(7).await;
+    assert_eq!(tags(&replies), "12DC12E");
+    assert_eq!(first_error(&replies).unwrap().0, "22012");
+
+    // PostgreSQL ignores all of the rest up to the Sync, and answers the Sync alone: Binds
+    // of both statements (the preparing pgtenant sends ahead is ignored too, and comparing
+    // shapes would wait forever), a statement, a Close.
+    let mut buf = BytesMut::new();
+    for statement in ["fresh", "described"] {
+        bind(&mut buf, "", statement, &["skipped"]);
+        execute(&mut buf, "", 0);
+    }
+    run_unnamed(&mut buf, &format!("SELECT {CURRENT_TENANT}"), &[]);
+    frontend::close(b'S', "never_prepared", &mut buf).unwrap();
+    sync(&mut buf);
+    // In the same write, the next batch: "fresh" was never prepared on the server, so it
+    // must be now, before its Bind.
+    for statement in ["fresh", "described"] {
+        bind(&mut buf, "", statement, &[statement]);
+        execute(&mut buf, "", 0);
+    }
+    sync(&mut buf);
+    client.send(&buf).await;
+    let replies = client.until_ready().await;
+    assert_eq!(tags(&replies), "Z", "{:?}", first_error(&replies));
+    assert_eq!(status(&replies), b'I');
+    let replies = client.until_ready().await;
+    assert_eq!(tags(&replies), "2DC2DCZ", "{:?}", first_error(&replies));
+    assert_eq!(
+        rows(&replies),
+        [
+            [Some("fresh".to_owned()), Some(TENANT_ACME.to_owned())],
+            [Some("described".to_owned()), Some(TENANT_ACME.to_owned())]
+        ]
+    );
+}
+
+#[tokio::test]
 async fn describe_of_a_statement_alone_and_of_a_portal_alone() {
     let db = TestDb::new();
     let proxy = proxy_with_pool(&db, 1);

@@ -152,10 +152,27 @@ pub struct ExpectQueue {
     /// Entries dropped because PostgreSQL skipped their messages after an error: the
     /// session must undo what it assumed they would do (a statement being prepared).
     skipped: Vec<Expected>,
+    /// An extended-protocol message failed and no Sync was queued behind it: PostgreSQL
+    /// ignores every message up to the client's next Sync, including those the client sends
+    /// after the error already came back (protocol docs, "Extended Query").
+    skipping_to_sync: bool,
 }
 
 impl ExpectQueue {
+    /// Queues the reply a message just sent will draw. While the server skips to Sync, only
+    /// a Sync draws one: the other entries are dropped as if the error had arrived after
+    /// them, so the outcome does not depend on whether the client's message or the server's
+    /// error reached pgtenant first.
     pub fn push(&mut self, mut e: Expected) {
+        if self.skipping_to_sync {
+            if e.reply != Reply::Sync {
+                if e.stmt != 0 {
+                    self.skipped.push(e);
+                }
+                return;
+            }
+            self.skipping_to_sync = false;
+        }
         e.seq = self.next_seq;
         self.next_seq += 1;
         self.q.push_back(e);
@@ -201,6 +218,13 @@ impl ExpectQueue {
 
     pub fn clear(&mut self) {
         self.q.clear();
+        self.skipping_to_sync = false;
+    }
+
+    /// The server is ignoring messages until the client's next Sync: it is in the middle of
+    /// the client's batch, whatever the queue holds.
+    pub fn skipping_to_sync(&self) -> bool {
+        self.skipping_to_sync
     }
 
     /// True when nothing is outstanding but pgtenant's own parameter SETs sent at checkout
@@ -286,8 +310,10 @@ impl ExpectQueue {
                         self.skipped.push(e);
                     }
                 }
-                if let Some(sync) = self.q.front_mut() {
-                    sync.failed = true;
+                match self.q.front_mut() {
+                    Some(sync) => sync.failed = true,
+                    // The client has not sent that Sync yet.
+                    None => self.skipping_to_sync = true,
                 }
                 Step {
                     verdict: v,
@@ -350,6 +376,31 @@ mod tests {
         let z = q.on_message(b'Z');
         assert!(z.completed.is_some_and(|e| e.failed));
         assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn messages_sent_after_an_error_came_back_expect_nothing_until_sync() {
+        let mut q = ExpectQueue::default();
+        q.push(Expected::client(Reply::Bind));
+        q.push(Expected::client(Reply::Execute));
+        assert_eq!(q.on_message(b'2').verdict, Verdict::Forward);
+        assert_eq!(q.on_message(b'E').verdict, Verdict::Forward);
+        assert!(q.skipping_to_sync());
+        // The rest of the client's batch, sent after the error reached pgtenant.
+        q.push(Expected::client(Reply::Parse).with_stmt(7));
+        q.push(Expected::client(Reply::Bind));
+        q.push(Expected::synthetic(b'3'));
+        q.push(Expected::client(Reply::Execute));
+        assert!(q.is_empty());
+        assert_eq!(q.take_skipped().len(), 1);
+        q.push(Expected::client(Reply::Sync));
+        assert!(!q.skipping_to_sync());
+        q.push(Expected::client(Reply::Parse));
+        let z = q.on_message(b'Z');
+        assert_eq!(z.verdict, Verdict::Forward);
+        assert_eq!(z.completed.map(|e| e.reply), Some(Reply::Sync));
+        assert_eq!(q.on_message(b'1').verdict, Verdict::Forward);
+        assert!(q.is_empty());
     }
 
     #[test]

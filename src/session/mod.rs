@@ -621,6 +621,7 @@ impl Session {
     async fn maybe_release(&mut self) {
         let done = self.server.is_some()
             && self.expect.is_empty()
+            && !self.expect.skipping_to_sync()
             && !self.unsynced
             && self.status == b'I'
             && self.pieces.is_empty()
@@ -728,6 +729,10 @@ impl Session {
             }
             let msg = protocol::take_frame(&mut self.cbuf, frame);
             self.forward_client_message(tag, msg)?;
+            if self.expect.has_skipped() {
+                // Sent while the server skips to Sync: what it was to prepare never will be.
+                self.undo_skipped();
+            }
         }
     }
 
@@ -735,6 +740,10 @@ impl Session {
     /// prepares and describes it there (Close, Parse, Describe, Flush) and holds the client
     /// until the description arrives (see `finish_verify`). Returns true when it did.
     fn start_verify(&mut self, tag: u8, len: usize) -> bool {
+        if self.expect.skipping_to_sync() {
+            // The server ignores this message and the preparing alike: nothing to verify.
+            return false;
+        }
         let body = protocol::payload(&self.cbuf[..len]);
         let name = match (tag, body.split_first()) {
             (b'B', _) => protocol::read_cstr(body).and_then(|(_, rest)| protocol::read_cstr(rest)),
@@ -1992,6 +2001,7 @@ impl Session {
                 && !self.session_changed
                 && !self.reset_needed
                 && self.expect.is_empty()
+                && !self.expect.skipping_to_sync()
                 && !self.unsynced
                 && self.status == b'I'
                 && self.pieces.is_empty()

@@ -178,7 +178,8 @@ pub struct PoolStats {
 pub struct PauseInterrupted(pub String);
 
 pub struct Pool {
-    pub name: String,
+    /// Shared with the registry entries of the pool's clients.
+    pub name: Arc<str>,
     state: Mutex<PoolState>,
     /// Mirrors of `state.generation` and `state.paused`, read without the lock by
     /// [`Checkout::reusable`] (once per transaction).
@@ -252,7 +253,7 @@ impl Pool {
     ) -> Arc<Pool> {
         let sealed = db.tenant_seal;
         Arc::new(Pool {
-            name,
+            name: name.into(),
             state: Mutex::new(PoolState {
                 idle: Vec::new(),
                 total: 0,
@@ -365,7 +366,7 @@ impl Pool {
             let (step, limits) = {
                 let mut st = self.lock();
                 if st.closed {
-                    return Err(PoolError::Closed(self.name.clone()));
+                    return Err(PoolError::Closed(self.name.to_string()));
                 }
                 let s = &st.settings;
                 let limits = WaitLimits {
@@ -405,7 +406,7 @@ impl Pool {
                     if !resumed {
                         self.counters.wait_timeouts.fetch_add(1, Ordering::Relaxed);
                         return Err(PoolError::Paused {
-                            db: self.name.clone(),
+                            db: self.name.to_string(),
                             waited: limits.query_wait_timeout.unwrap_or_default(),
                         });
                     }
@@ -510,7 +511,7 @@ impl Pool {
                 self.stats.connect_errors.inc();
                 tracing::warn!(db = %self.name, error = %source, "upstream connection failed");
                 return Err(PoolError::Connect {
-                    db: self.name.clone(),
+                    db: self.name.to_string(),
                     source,
                 });
             }
@@ -519,7 +520,7 @@ impl Pool {
             .role_privileges()
             .await
             .map_err(|source| PoolError::Connect {
-                db: self.name.clone(),
+                db: self.name.to_string(),
                 source,
             })?;
         if !allow_privileged_role {
@@ -534,7 +535,7 @@ impl Pool {
                 tracing::error!(db = %self.name, role = %db.user, what, "pool role bypasses row-level security; refusing to serve");
                 conn.terminate().await;
                 return Err(PoolError::PrivilegedRole {
-                    db: self.name.clone(),
+                    db: self.name.to_string(),
                     what,
                 });
             }
@@ -549,7 +550,7 @@ impl Pool {
                 tracing::error!(db = %self.name, error = %source, "tenant seal registration failed");
                 conn.terminate().await;
                 return Err(PoolError::Seal {
-                    db: self.name.clone(),
+                    db: self.name.to_string(),
                     source,
                 });
             }
@@ -794,7 +795,7 @@ impl Pool {
                     return Ok(());
                 }
                 if !st.paused {
-                    return Err(PauseInterrupted(self.name.clone()));
+                    return Err(PauseInterrupted(self.name.to_string()));
                 }
             }
             notified.await;

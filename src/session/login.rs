@@ -19,7 +19,7 @@ use crate::net::{ClientStream, Stream, send_all};
 use crate::pool::Pool;
 use crate::protocol::messages::{self, Severity};
 use crate::protocol::startup::{self, StartupError, StartupPacket, StartupParams};
-use crate::session::params::{ParamSet, TRACKED, tracked_index};
+use crate::session::params::{ParamSet, tracked_index};
 use crate::state::Shared;
 use crate::tenant::TenantId;
 
@@ -223,7 +223,7 @@ pub async fn login(
 
     messages::auth_ok(out);
     for (name, value) in &server_params {
-        let value = match tracked_index(name).and_then(|i| request.params[i].as_deref()) {
+        let value = match tracked_index(name).and_then(|i| request.params.get(i)) {
             Some(v) => v,
             None if name == "is_superuser" => "off",
             None => value.as_str(),
@@ -242,7 +242,7 @@ pub async fn login(
         database: request.database,
         user: request.user,
         tenant: verified.tenant,
-        params: request.params,
+        params: shared.recent_params.share(request.params),
         cancel_pid,
         cancel,
     })))
@@ -410,7 +410,7 @@ impl ClientRequest {
                     ),
                 ));
             } else if let Some(i) = tracked_index(name) {
-                params[i] = Some(value.into());
+                params.set(i, Some(value));
             } else if name == "replication" {
                 return Err(LoginError::refused(
                     "0A000",
@@ -442,7 +442,6 @@ impl ClientRequest {
                 _ => set(name, value, &mut token)?,
             }
         }
-        debug_assert_eq!(params.len(), TRACKED.len());
         Ok(ClientRequest {
             database,
             user,

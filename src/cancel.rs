@@ -133,6 +133,12 @@ impl CancelSlot {
         if self.try_unbind() {
             return;
         }
+        // Boxed: the wait's state would otherwise widen the future of every session loop
+        // that awaits this.
+        Box::pin(self.unbind_after_delivery()).await;
+    }
+
+    async fn unbind_after_delivery(&self) {
         loop {
             let delivered = self.delivered.notified();
             tokio::pin!(delivered);

@@ -23,6 +23,7 @@ use dashmap::DashMap;
 use tokio::sync::oneshot;
 
 use crate::stats::ClientState;
+use crate::tenant::TenantId;
 
 /// Every logged-in tenant client, by the id SHOW CLIENTS shows and KILL_CLIENT takes.
 #[derive(Debug, Default)]
@@ -32,15 +33,16 @@ pub struct ClientRegistry {
     shutting_down: AtomicBool,
 }
 
-/// One logged-in client.
+/// One logged-in client. The database and tenant are shared with the pool and the
+/// tenant's other clients, not copied per client.
 #[derive(Debug)]
 pub struct ClientInfo {
     pub id: u64,
     /// The `[databases.NAME]` entry it logged in to.
-    pub database: String,
+    pub database: Arc<str>,
     /// The user name from its startup packet (pgtenant ignores it; the token decides).
-    pub user: String,
-    pub tenant: String,
+    pub user: Box<str>,
+    pub tenant: TenantId,
     pub peer: SocketAddr,
     pub connected_at: SystemTime,
     state: AtomicU8,
@@ -108,9 +110,9 @@ impl Future for KillSignal {
 #[derive(Debug)]
 pub struct NewClient {
     pub id: u64,
-    pub database: String,
-    pub user: String,
-    pub tenant: String,
+    pub database: Arc<str>,
+    pub user: Box<str>,
+    pub tenant: TenantId,
     pub peer: SocketAddr,
 }
 
@@ -190,7 +192,7 @@ impl ClientRegistry {
 
     /// Ends every client of `database` (all clients with `None`); returns how many.
     pub fn kill_database(&self, database: Option<&str>) -> usize {
-        self.stop_where(|c| database.is_none_or(|d| d == c.database), Stop::Kill)
+        self.stop_where(|c| database.is_none_or(|d| d == &*c.database), Stop::Kill)
     }
 
     /// Tells every client `which` selects to stop; returns how many were told now. The
@@ -214,9 +216,13 @@ mod tests {
     fn client(id: u64, database: &str) -> NewClient {
         NewClient {
             id,
-            database: database.to_owned(),
-            user: "u".to_owned(),
-            tenant: "t".to_owned(),
+            database: database.into(),
+            user: "u".into(),
+            tenant: crate::tenant::TenantId::parse(
+                "aaaaaaaa-0000-0000-0000-000000000001",
+                &crate::config::TenantFormat::Uuid,
+            )
+            .unwrap(),
             peer: "127.0.0.1:5000".parse().unwrap(),
         }
     }

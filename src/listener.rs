@@ -132,12 +132,10 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tracker: TaskTr
                 continue;
             }
         };
-        let shared = Arc::clone(&shared);
         let count = shared.clients.fetch_add(1, Ordering::AcqRel) + 1;
         let over_limit = count > shared.config().general.max_client_conn;
-        tracker.spawn(async move {
-            session::serve_client(stream, peer, Arc::clone(&shared), over_limit).await;
-            shared.clients.fetch_sub(1, Ordering::AcqRel);
-        });
+        // The connection leaves the count when its task ends.
+        let client = session::serve_client(stream, peer, Arc::clone(&shared), over_limit);
+        tracker.spawn(client);
     }
 }

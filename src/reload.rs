@@ -161,10 +161,10 @@ async fn apply(shared: &Shared) -> Result<ReloadReport, ReloadError> {
         // upstream, so that tightening the rules leaves no older connection in use.
         let tls_changed = upstream_tls_changed(&current.config, &config, &pool.name);
         if pool.reconfigure(db, settings).await {
-            report.reconnected.push(pool.name.clone());
+            report.reconnected.push(pool.name.to_string());
         } else if tls_changed {
             pool.reconnect().await;
-            report.reconnected.push(pool.name.clone());
+            report.reconnected.push(pool.name.to_string());
         }
     }
     report.removed = current

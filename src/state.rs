@@ -40,6 +40,8 @@ pub struct Shared {
     pub logged_in: Arc<crate::clients::ClientRegistry>,
     /// Cancel keys of logged-in clients and the servers they are bound to.
     pub cancels: crate::cancel::CancelRegistry,
+    /// Startup parameters that logins with the same ones share.
+    pub recent_params: crate::session::params::RecentParams,
     /// What metrics and the admin console report.
     pub stats: Arc<crate::stats::Stats>,
     /// Refuses client SQL that would change or bypass the tenant setting.
@@ -121,6 +123,7 @@ impl Shared {
             clients: AtomicUsize::new(0),
             logged_in: Default::default(),
             cancels: Default::default(),
+            recent_params: Default::default(),
             stats,
             guard,
             stop_accepting: shutdown.child_token(),
@@ -165,7 +168,7 @@ impl Shared {
         self.lock_retired()
             .iter()
             .filter_map(Weak::upgrade)
-            .find(|p| p.name == name)
+            .find(|p| &*p.name == name)
     }
 
     /// Every pool that has servers to look after: those in force and retired ones still in

@@ -14,6 +14,8 @@ use std::time::Duration;
 use dashmap::DashMap;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
+use crate::tenant::TenantId;
+
 /// Buckets for waits and transaction durations, in seconds: 50 µs to 30 s.
 const DURATION_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -120,14 +122,23 @@ impl Stats {
     }
 
     /// The counters of one tenant, created on first use (once per login).
-    pub fn tenant(&self, tenant: &str) -> Arc<TenantStats> {
-        if let Some(t) = self.tenants.get(tenant) {
+    pub fn tenant(&self, tenant: &TenantId) -> Arc<TenantStats> {
+        if let Some(t) = self.tenants.get(tenant.as_str()) {
             return Arc::clone(t.value());
         }
         Arc::clone(
             self.tenants
-                .entry(tenant.to_owned())
-                .or_insert_with(|| Arc::new(TenantStats::default()))
+                .entry(tenant.as_str().to_owned())
+                .or_insert_with(|| {
+                    Arc::new(TenantStats {
+                        id: tenant.clone(),
+                        clients: AtomicI64::new(0),
+                        active: AtomicI64::new(0),
+                        xacts: AtomicU64::new(0),
+                        queries: AtomicU64::new(0),
+                        wait_time_us: AtomicU64::new(0),
+                    })
+                })
                 .value(),
         )
     }
@@ -232,8 +243,11 @@ impl PoolStats {
 }
 
 /// Numbers of one tenant.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct TenantStats {
+    /// The tenant. Its sessions and registry entries hold clones of this one: a tenant's
+    /// thousands of clients share one copy of its id.
+    pub id: TenantId,
     /// Connected clients.
     pub clients: AtomicI64,
     /// Clients in a transaction right now.
@@ -285,6 +299,12 @@ impl ClientTracker {
 
     pub fn tenant(&self) -> &TenantStats {
         &self.tenant
+    }
+
+    /// The proxy-wide numbers (sessions reach them through here rather than each keeping
+    /// another pointer).
+    pub fn stats(&self) -> &Stats {
+        &self.stats
     }
 
     /// Resolves once when this client is told to stop: KILL/KILL_CLIENT or the drain.
@@ -343,17 +363,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_login_of_a_tenant_gets_the_same_copy_of_its_id() {
+        let stats = Stats::new().unwrap();
+        let login = || {
+            let verified = crate::tenant::TenantId::parse(
+                "aaaaaaaa-0000-0000-0000-000000000001",
+                &crate::config::TenantFormat::Uuid,
+            )
+            .unwrap();
+            stats.tenant(&verified).id.clone()
+        };
+        let (first, second) = (login(), login());
+        assert_eq!(first, second);
+        assert_eq!(first.as_str().as_ptr(), second.as_str().as_ptr());
+    }
+
+    #[test]
     fn client_gauges_follow_state_and_return_to_zero() {
         let stats = Stats::new().unwrap();
-        let t = stats.tenant("a");
+        let tenant = crate::tenant::TenantId::parse(
+            "aaaaaaaa-0000-0000-0000-000000000001",
+            &crate::config::TenantFormat::Uuid,
+        )
+        .unwrap();
+        let t = stats.tenant(&tenant);
         let pool = stats.pool("app").unwrap();
         let registry = Arc::new(crate::clients::ClientRegistry::default());
         {
             let registration = registry.register(crate::clients::NewClient {
                 id: 7,
-                database: "app".to_owned(),
-                user: "u".to_owned(),
-                tenant: "a".to_owned(),
+                database: "app".into(),
+                user: "u".into(),
+                tenant: tenant.clone(),
                 peer: "127.0.0.1:5000".parse().unwrap(),
             });
             let mut c = ClientTracker::new(

@@ -7,6 +7,7 @@
 //! token and may be an injection attempt.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::config::TenantFormat;
 
@@ -14,8 +15,9 @@ use crate::config::TenantFormat;
 pub const MAX_TENANT_ID_CHARS: usize = 128;
 
 /// A tenant id that passed validation; safe to put in SQL as a bound parameter or quoted literal.
+/// Cloning shares the text (see [`crate::stats::Stats::tenant`]).
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
-pub struct TenantId(String);
+pub struct TenantId(Arc<str>);
 
 /// Why a tenant id was refused. Never contains the rejected value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,7 +46,7 @@ impl TenantId {
             return Err(TenantError::Empty);
         }
         match format {
-            TenantFormat::Uuid => parse_hyphenated_uuid(raw).map(TenantId),
+            TenantFormat::Uuid => parse_hyphenated_uuid(raw).map(|id| TenantId(id.into())),
             TenantFormat::Pattern(regex) => {
                 if raw.chars().count() > MAX_TENANT_ID_CHARS {
                     return Err(TenantError::TooLong);
@@ -58,7 +60,7 @@ impl TenantId {
                 if !regex.is_match(raw) {
                     return Err(TenantError::PatternMismatch);
                 }
-                Ok(TenantId(raw.to_owned()))
+                Ok(TenantId(raw.into()))
             }
         }
     }

@@ -2,7 +2,8 @@
 //! has the client's tenant set (autocommit, explicit, multi-statement, after a COMMIT inside
 //! one query, chained, pipelined), no server ever goes back to the pool with a transaction or
 //! a tenant left on it (also when a client fails a transaction or vanishes in the middle of
-//! one), and statements that cannot run in a transaction block still work.
+//! one), a transaction left idle past `idle_transaction_timeout` ends its session (25P03) and
+//! is rolled back, and statements that cannot run in a transaction block still work.
 
 mod support;
 
@@ -11,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use support::raw::{error_field, raw_login, raw_query, read_msg};
 use support::*;
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls};
@@ -1045,4 +1047,27 @@ async fn psql_script_stops_at_the_first_error_and_commits_nothing() {
     let lines = proxy.psql(&token, CURRENT_TENANT);
     assert!(lines.status.success());
     assert_eq!(String::from_utf8_lossy(&lines.stdout).trim(), TENANT_ACME);
+}
+
+#[tokio::test]
+async fn a_transaction_left_idle_past_idle_transaction_timeout_ends_the_session_with_25p03() {
+    let db = TestDb::new();
+    let proxy = Proxy::start(ProxyConfig::for_db(&db).general("idle_transaction_timeout", 1));
+    let superuser = db.superuser().await;
+    let (mut client, _) = raw_login(proxy.port(), &token_for(TENANT_ACME), &[]).await;
+    raw_query(&mut client, "BEGIN").await;
+    assert_eq!(raw_query(&mut client, CURRENT_TENANT).await, [TENANT_ACME]);
+
+    // Nothing more is sent: the proxy ends the session, and PostgreSQL the transaction.
+    let msg = read_msg(&mut client)
+        .await
+        .expect("closed without an ErrorResponse");
+    assert_eq!(char::from(msg.tag), 'E', "expected an ErrorResponse");
+    assert_eq!(error_field(&msg.body, b'V').as_deref(), Some("FATAL"));
+    assert_eq!(error_field(&msg.body, b'C').as_deref(), Some("25P03"));
+    assert!(
+        read_msg(&mut client).await.is_none(),
+        "still open after FATAL"
+    );
+    assert_eq!(wait_for_no_open_transaction(&superuser, &db).await, 0);
 }

@@ -92,7 +92,7 @@ fn unquote(name: &str) -> &str {
 fn names(pools: &[Arc<Pool>]) -> String {
     pools
         .iter()
-        .map(|p| p.name.as_str())
+        .map(|p| &*p.name)
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -129,7 +129,7 @@ fn resume(pools: &[Arc<Pool>]) -> Reply {
     let resumed: Vec<&str> = pools
         .iter()
         .filter(|p| p.resume())
-        .map(|p| p.name.as_str())
+        .map(|p| &*p.name)
         .collect();
     if resumed.is_empty() {
         return Reply::error(

@@ -209,8 +209,8 @@ fn clients(shared: &Shared) -> ResultSet {
         let state = c.state();
         set.push(vec![
             "C".into(),
-            c.user.clone().into(),
-            c.database.clone().into(),
+            c.user.to_string().into(),
+            c.database.to_string().into(),
             match state {
                 ClientState::Waiting => "waiting",
                 ClientState::Idle | ClientState::Active => "active",
@@ -219,7 +219,7 @@ fn clients(shared: &Shared) -> ResultSet {
             c.peer.ip().to_string().into(),
             c.peer.port().into(),
             utc_text(c.connected_at).into(),
-            c.tenant.clone().into(),
+            c.tenant.to_string().into(),
             (state == ClientState::Active).into(),
             c.id.into(),
         ]);

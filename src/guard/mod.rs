@@ -166,8 +166,10 @@ const FUNCTION_CALL_ALLOWED: &[u32] = &[
 /// The guard for one tenant setting name. Cheap to share (`&Guard` from any task).
 #[derive(Debug, Clone)]
 pub struct Guard {
-    /// The tenant setting, ASCII-lowercased (PostgreSQL compares setting names ignoring case).
+    /// The tenant setting as configured: what sessions set and name in their messages.
     tenant_setting: String,
+    /// The tenant setting, ASCII-lowercased (PostgreSQL compares setting names ignoring case).
+    lowercase_setting: String,
     /// The parts of the name a routine body cannot hide (see [`body`]): every dot-separated
     /// part but the first, or the whole name if it has no dot.
     tenant_name_parts: Vec<String>,
@@ -181,25 +183,27 @@ const MAX_NESTING: usize = 4;
 
 impl Guard {
     pub fn new(tenant_setting: &str) -> Guard {
-        let tenant_setting = tenant_setting.to_ascii_lowercase();
-        let parts: Vec<String> = tenant_setting
+        let lowercase_setting = tenant_setting.to_ascii_lowercase();
+        let parts: Vec<String> = lowercase_setting
             .split('.')
             .skip(1)
             .filter(|p| !p.is_empty())
             .map(str::to_owned)
             .collect();
         let tenant_name_parts = if parts.is_empty() {
-            vec![tenant_setting.clone()]
+            vec![lowercase_setting.clone()]
         } else {
             parts
         };
         Guard {
-            tenant_setting,
+            tenant_setting: tenant_setting.to_owned(),
+            lowercase_setting,
             tenant_name_parts,
         }
     }
 
-    /// The guarded setting name, lowercased.
+    /// The guarded setting name, spelled as configured. Sessions take it from here rather
+    /// than each keeping a copy (it cannot change without a restart).
     pub fn tenant_setting(&self) -> &str {
         &self.tenant_setting
     }

@@ -59,7 +59,7 @@ pub(super) fn check_assignment(
     tenant_values: &mut Vec<TenantValue>,
 ) -> Result<(), Refusal> {
     let lower = name.to_ascii_lowercase();
-    if lower == guard.tenant_setting {
+    if lower == guard.lowercase_setting {
         return tenant_assignment(name, action, scope, place, tenant_values);
     }
     match lower.as_str() {

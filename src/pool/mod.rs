@@ -216,7 +216,8 @@ impl ServerParams {
 }
 
 pub struct Pool {
-    pub name: String,
+    /// Shared with the registry entries of the pool's clients.
+    pub name: Arc<str>,
     state: Mutex<PoolState>,
     /// Mirrors of `state.generation` and `state.paused`, read without the lock by
     /// [`Checkout::reusable`] (once per transaction).
@@ -290,7 +291,7 @@ impl Pool {
     ) -> Arc<Pool> {
         let sealed = db.tenant_seal;
         Arc::new(Pool {
-            name,
+            name: name.into(),
             state: Mutex::new(PoolState {
                 idle: Vec::new(),
                 total: 0,
@@ -401,7 +402,7 @@ impl Pool {
             let (step, limits) = {
                 let mut st = self.lock();
                 if st.closed {
-                    return Err(PoolError::Closed(self.name.clone()));
+                    return Err(PoolError::Closed(self.name.to_string()));
                 }
                 let s = &st.settings;
                 let limits = WaitLimits {
@@ -441,7 +442,7 @@ impl Pool {
                     if !resumed {
                         self.counters.wait_timeouts.fetch_add(1, Ordering::Relaxed);
                         return Err(PoolError::Paused {
-                            db: self.name.clone(),
+                            db: self.name.to_string(),
                             waited: limits.query_wait_timeout.unwrap_or_default(),
                         });
                     }
@@ -546,7 +547,7 @@ impl Pool {
                 self.stats.connect_errors.inc();
                 tracing::warn!(db = %self.name, error = %source, "upstream connection failed");
                 return Err(PoolError::Connect {
-                    db: self.name.clone(),
+                    db: self.name.to_string(),
                     source,
                 });
             }
@@ -555,7 +556,7 @@ impl Pool {
             .role_privileges()
             .await
             .map_err(|source| PoolError::Connect {
-                db: self.name.clone(),
+                db: self.name.to_string(),
                 source,
             })?;
         if !allow_privileged_role {
@@ -570,7 +571,7 @@ impl Pool {
                 tracing::error!(db = %self.name, role = %db.user, what, "pool role bypasses row-level security; refusing to serve");
                 conn.terminate().await;
                 return Err(PoolError::PrivilegedRole {
-                    db: self.name.clone(),
+                    db: self.name.to_string(),
                     what,
                 });
             }
@@ -585,7 +586,7 @@ impl Pool {
                 tracing::error!(db = %self.name, error = %source, "tenant seal registration failed");
                 conn.terminate().await;
                 return Err(PoolError::Seal {
-                    db: self.name.clone(),
+                    db: self.name.to_string(),
                     source,
                 });
             }
@@ -822,7 +823,7 @@ impl Pool {
                     return Ok(());
                 }
                 if !st.paused {
-                    return Err(PauseInterrupted(self.name.clone()));
+                    return Err(PauseInterrupted(self.name.to_string()));
                 }
             }
             notified.await;

@@ -18,7 +18,7 @@ use crate::net::{ClientStream, Stream, send_all};
 use crate::pool::Pool;
 use crate::protocol::messages::{self, Severity};
 use crate::protocol::startup::{self, StartupError, StartupPacket, StartupParams};
-use crate::session::params::{ParamSet, TRACKED, tracked_index};
+use crate::session::params::{ParamSet, tracked_index};
 use crate::state::Shared;
 use crate::tenant::TenantId;
 
@@ -250,7 +250,7 @@ pub async fn login(
     out.reserve(LOGIN_REPLY);
     messages::auth_ok(out);
     for ((name, _), encoded) in server_params.values.iter().zip(&server_params.encoded) {
-        match tracked_index(name).and_then(|i| request.params[i].as_deref()) {
+        match tracked_index(name).and_then(|i| request.params.get(i)) {
             Some(v) => messages::parameter_status(out, name, v),
             None => out.extend_from_slice(encoded),
         }
@@ -267,7 +267,7 @@ pub async fn login(
         database: request.database,
         user: request.user,
         tenant: verified.tenant,
-        params: request.params,
+        params: shared.recent_params.share(request.params),
         cancel_pid,
         cancel,
     })))
@@ -436,7 +436,7 @@ impl ClientRequest {
                     ),
                 ));
             } else if let Some(i) = tracked_index(name) {
-                params[i] = Some(value.into());
+                params.set(i, Some(value));
             } else if name == "replication" {
                 return Err(LoginError::refused(
                     "0A000",
@@ -468,7 +468,6 @@ impl ClientRequest {
                 _ => set(name, value, &mut token)?,
             }
         }
-        debug_assert_eq!(params.len(), TRACKED.len());
         Ok(ClientRequest {
             database,
             user,

@@ -18,6 +18,7 @@ pub mod plan;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
@@ -38,7 +39,7 @@ use crate::protocol::{self, FrameError, peek_frame};
 use crate::server::{INJECT_SEALED_SQL, INJECT_SEALED_STATEMENT, INJECT_SQL, INJECT_STATEMENT};
 use crate::sql::{self, SessionCommand};
 use crate::state::Shared;
-use crate::stats::{ClientState, ClientTracker, Stats};
+use crate::stats::{ClientState, ClientTracker, TenantStats};
 use crate::tenant::TenantId;
 use expect::{ExpectQueue, Expected, Owner, Reply, Verdict};
 use login::{LoggedIn, LoginError, LoginOutcome};
@@ -83,30 +84,40 @@ impl SessionError {
     }
 }
 
-/// Serves one accepted client connection to the end.
+/// Serves one accepted client connection to the end, then takes it off the count of
+/// connected clients (`Shared::clients`, which the accept loop raised).
 ///
-/// The task's own future stays a few pointers wide: the login and the session each live in
-/// their own box, so an idle client carries neither the login's state nor a transaction's.
-pub async fn serve_client(
+/// The returned future is the client's whole task, and every idle client carries one, so it
+/// stays small: the login and the session each live in their own box (an idle client
+/// carries neither the login's state nor a transaction's), and only the session loop's own
+/// few pointers are inline. The login's box is made here, before the task starts, so that
+/// the socket and the address move straight into it (an `async fn` would keep its own copy
+/// of its arguments for as long as it runs).
+pub fn serve_client(
     stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     over_limit: bool,
-) {
-    let Some(mut session) = Box::pin(start_session(stream, peer, &shared, over_limit)).await else {
-        return;
-    };
-    let result = Box::pin(session.run()).await;
-    Box::pin(session.finish(result, &shared)).await;
+) -> impl Future<Output = ()> {
+    let login = Box::pin(start_session(stream, peer, Arc::clone(&shared), over_limit));
+    async move {
+        if let Some(mut session) = login.await {
+            let result = session.run().await;
+            // Boxed: closing needs more room than the loop, and only once.
+            Box::pin(session.finish(result, &shared)).await;
+        }
+        shared.clients.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Logs the client in; a session when it is a tenant client that should be served.
 async fn start_session(
     tcp: TcpStream,
     peer: SocketAddr,
-    shared: &Arc<Shared>,
+    shared: Arc<Shared>,
     over_limit: bool,
 ) -> Option<Box<Session>> {
+    let shared = &shared;
     let client_id = shared.next_client_id();
     let _ = tcp.set_nodelay(true);
     // The login may upgrade it to TLS.
@@ -124,7 +135,7 @@ async fn start_session(
     if rbuf.is_empty() {
         rbuf = BytesMut::new();
     }
-    let logged_in = match outcome {
+    let mut logged_in = match outcome {
         Err(_) => {
             // Logged before the client hears it, so the log never lags what a client saw.
             tracing::info!(client = client_id, %peer, "login timed out");
@@ -186,25 +197,30 @@ async fn start_session(
     if tls {
         shared.stats.tls_logins.inc();
     }
+    // The tenant's numbers, and the one copy of its id its clients share.
+    let tenant_stats = shared.stats.tenant(&logged_in.tenant);
     // Listed for SHOW CLIENTS and reachable by KILL/KILL_CLIENT until the session ends.
     let registration = shared.logged_in.register(crate::clients::NewClient {
         id: client_id,
-        database: logged_in.database.clone(),
-        user: logged_in.user.clone(),
-        tenant: logged_in.tenant.as_str().to_owned(),
+        database: Arc::clone(&logged_in.pool.name),
+        user: std::mem::take(&mut logged_in.user).into_boxed_str(),
+        tenant: tenant_stats.id.clone(),
         peer,
     });
     // Every line the session logs names the client's id and tenant as fields. (Not a
     // span: a span per client costs ~0.5 KiB in the subscriber's registry for as long as
     // the client stays connected, and an enter/exit on every poll.)
-    Some(Session::boxed(
+    // The login's box is taken apart here, so it is freed now rather than when the client
+    // disconnects.
+    Some(Box::new(Session::new(
         client_id,
         stream,
-        logged_in,
+        *logged_in,
         shared,
         (out, rbuf),
+        tenant_stats,
         registration,
-    ))
+    )))
 }
 
 struct Session {
@@ -232,19 +248,12 @@ struct Session {
     /// was implicit it ends there, so the next statement must set the tenant again (harmless
     /// when the transaction was still open).
     maybe_ended: bool,
-    /// Remaining parts of a client Query split after a transaction-ending statement.
-    pieces: VecDeque<Range<usize>>,
-    pieces_text: Bytes,
-    /// With `tenant_seal`: the sealed injection for the server with this id.
-    sealed_inject: Option<Box<(u64, Bytes)>>,
     /// Parameters the client chose.
     params: ParamSet,
     /// Parameters from its startup packet (what `DISCARD ALL` returns to).
     startup_params: ParamSet,
-    /// Other session settings the client made, replayed on each server it uses.
-    extra: ExtraSettings,
-    /// Settings being read back from the server (see `params::CAPTURE_SQL`).
-    captured: Option<Box<(ParamSet, ExtraSettings)>>,
+    /// What only some clients use, allocated when one first does.
+    rare: Option<Box<Rare>>,
     /// The bound server carries settings of this client's that must be reset before reuse.
     reset_needed: bool,
     /// The reset (and capture) query is in flight: the client's next transaction waits for
@@ -253,25 +262,13 @@ struct Session {
     /// Return the server even if the client's next transaction is already buffered (after a
     /// reset, the next checkout must apply the client's settings again).
     force_release: bool,
-    tenant_setting: String,
-    /// The client's prepared statements, by its names.
-    statements: HashMap<Bytes, ClientStatement>,
-    /// The client's latest Parse of the unnamed statement, re-sent when a later batch binds
-    /// it on a server that does not have it (PostgreSQL keeps the unnamed statement until
-    /// the next Parse of it or the next simple Query).
-    unnamed_parse: Option<Bytes>,
-    /// `unnamed_parse` holds its own allocation (not a slice of a read buffer).
+    /// `Rare::unnamed_parse` holds its own allocation (not a slice of a read buffer).
     unnamed_parse_owned: bool,
     /// The bound server has the client's unnamed statement.
     unnamed_on_server: bool,
-    /// A shared statement is being prepared and described afresh on this server, to check
-    /// that its shape still matches what the client was told; client messages wait.
-    verifying: Option<u64>,
     /// The server is copying in (CopyInResponse seen, the client's CopyDone/CopyFail not yet
     /// forwarded).
     copy_in: bool,
-    /// Queue position when the client's latest CopyDone/CopyFail was forwarded.
-    copy_end_seq: u64,
     /// The server's state cannot be vouched for: close it instead of returning it.
     dirty: bool,
     /// The client may have changed session-level settings on the server: `RESET ALL`
@@ -282,11 +279,43 @@ struct Session {
     /// This client's state in the gauges and its tenant's counters.
     tracker: ClientTracker,
     guard: Arc<Guard>,
-    stats: Arc<Stats>,
     /// The proxy is draining: end as soon as no transaction is open.
     stopping: bool,
     /// When the current transaction got its server.
     xact_started: Option<Instant>,
+}
+
+/// The part of a session only some clients ever need: prepared statements, split queries,
+/// session settings of their own, COPY, the sealed injection. Boxed apart and allocated at
+/// first use (then kept: a client that used it once will likely again), so that the
+/// thousands of clients that only ever run plain transactions do not carry it.
+#[derive(Default)]
+struct Rare {
+    /// The client's prepared statements, by its names.
+    statements: HashMap<Bytes, ClientStatement>,
+    /// The client's latest Parse of the unnamed statement, re-sent when a later batch binds
+    /// it on a server that does not have it (PostgreSQL keeps the unnamed statement until
+    /// the next Parse of it or the next simple Query).
+    unnamed_parse: Option<Bytes>,
+    /// Remaining parts of a client Query split after a transaction-ending statement.
+    pieces: VecDeque<Range<usize>>,
+    pieces_text: Bytes,
+    /// With `tenant_seal`: the sealed injection for the server with this id.
+    sealed_inject: Option<(u64, Bytes)>,
+    /// Other session settings the client made, replayed on each server it uses.
+    extra: ExtraSettings,
+    /// Settings being read back from the server (see `params::CAPTURE_SQL`).
+    captured: Option<(ParamSet, ExtraSettings)>,
+    /// A shared statement is being prepared and described afresh on this server, to check
+    /// that its shape still matches what the client was told; client messages wait.
+    verifying: Option<u64>,
+    /// Queue position when the client's latest CopyDone/CopyFail was forwarded.
+    copy_end_seq: u64,
+}
+
+/// The session's [`Rare`] part, allocated on first use.
+fn rare(slot: &mut Option<Box<Rare>>) -> &mut Rare {
+    slot.get_or_insert_with(Box::default)
 }
 
 /// A statement the client prepared: what pgtenant knows of its SQL, and for a named one the
@@ -336,35 +365,22 @@ enum Progress {
 }
 
 impl Session {
-    /// Takes the login's box apart here, so it is freed now rather than when the client
-    /// disconnects.
-    fn boxed(
-        id: u64,
-        client: ClientStream,
-        l: Box<LoggedIn>,
-        shared: &Shared,
-        buffers: (BytesMut, BytesMut),
-        registration: crate::clients::Registration,
-    ) -> Box<Session> {
-        Box::new(Session::new(id, client, *l, shared, buffers, registration))
-    }
-
     fn new(
         id: u64,
         client: ClientStream,
         l: LoggedIn,
         shared: &Shared,
         (out, pending): (BytesMut, BytesMut),
+        tenant_stats: Arc<TenantStats>,
         registration: crate::clients::Registration,
     ) -> Session {
         let config = shared.config();
-        let tenant_stats = shared.stats.tenant(l.tenant.as_str());
         let pool_stats = Arc::clone(&l.pool.stats);
         Session {
             id,
             client,
             pool: l.pool,
-            tenant: l.tenant,
+            tenant: tenant_stats.id.clone(),
             max_packet: config.general.max_packet_size,
             max_prepared: config.general.max_prepared_statements,
             idle_transaction_timeout: config.general.idle_transaction_timeout,
@@ -377,24 +393,15 @@ impl Session {
             unsynced: false,
             tenant_in_txn: false,
             maybe_ended: false,
-            pieces: VecDeque::new(),
-            pieces_text: Bytes::new(),
-            sealed_inject: None,
             startup_params: l.params.clone(),
             params: l.params,
-            extra: Vec::new(),
-            captured: None,
+            rare: None,
             reset_needed: false,
             resetting: false,
             force_release: false,
-            tenant_setting: config.general.tenant_setting.clone(),
-            statements: HashMap::new(),
-            unnamed_parse: None,
             unnamed_parse_owned: false,
             unnamed_on_server: false,
-            verifying: None,
             copy_in: false,
-            copy_end_seq: 0,
             dirty: false,
             session_changed: false,
             tracker: ClientTracker::new(
@@ -405,7 +412,6 @@ impl Session {
             ),
             xact_started: None,
             guard: Arc::clone(&shared.guard),
-            stats: Arc::clone(&shared.stats),
             stopping: false,
             cancel_pid: l.cancel_pid,
             cancel: l.cancel,
@@ -418,7 +424,10 @@ impl Session {
             self.maybe_release().await;
             // Handle whatever complete client messages are buffered.
             loop {
-                match self.process_client()? {
+                // Not matched on the call itself: its `Result` would be kept across the
+                // `await` below, in every session's future.
+                let progress = self.process_client()?;
+                match progress {
                     Progress::Idle => break,
                     Progress::Terminate => return Ok(()),
                     Progress::NeedServer => self.bind_server().await?,
@@ -427,7 +436,7 @@ impl Session {
             self.maybe_release().await;
             self.shed_idle_buffers();
 
-            let want_client = self.to_server.len() < HIGH_WATER && self.pieces.is_empty();
+            let want_client = self.to_server.len() < HIGH_WATER && !self.splitting();
             let want_server = self.server.is_some() && self.to_client.len() < HIGH_WATER;
             let idle_in_txn = self.server.is_some()
                 && self.expect.is_empty()
@@ -443,66 +452,27 @@ impl Session {
                     "terminating connection due to administrator command (pgtenant is shutting down)",
                 ));
             }
-            // One poll over both sockets, in a fixed order: drain towards the client, then
-            // towards the server, then read the server, then the client. Each direction
-            // moves what the socket takes now (one syscall on plain TCP) and reports it.
-            let io = std::future::poll_fn(|cx| {
-                if (!self.to_client.is_empty() || self.client.has_unflushed())
-                    && let Poll::Ready(sent) = self.client.poll_send(cx, &mut self.to_client)
-                {
-                    let n = match sent {
-                        Ok(n) => n,
-                        Err(e) => return Poll::Ready(Err(SessionError::ClientIo(e))),
-                    };
-                    self.pool.stats.bytes_sent.inc_by(n as u64);
-                    shrink_drained(&mut self.to_client);
-                    return Poll::Ready(Ok(Moved::Sent));
+            // Only an idle-in-transaction client with the timeout configured has a timer,
+            // boxed: inline, it would widen every session's future.
+            let mut idle_timer = idle_timeout.map(|d| Box::pin(tokio::time::sleep(d)));
+            // One hand-written poll instead of `select!`: the future then holds one pointer
+            // to the session and the timer's, not a borrow per field and a slot per branch,
+            // and every idle client's task is that much smaller. Polled in a fixed order: a
+            // stop notice first, then the sockets, then the timer.
+            let this = &mut *self;
+            let event = std::future::poll_fn(move |cx| {
+                if let Poll::Ready(stop) = Pin::new(this.tracker.killed()).poll(cx) {
+                    return Poll::Ready(Event::Stop(stop));
                 }
-                if let Some(checkout) = self.server.as_mut() {
-                    let conn = checkout.conn();
-                    if (!self.to_server.is_empty() || conn.stream.has_unflushed())
-                        && let Poll::Ready(sent) = conn.stream.poll_send(cx, &mut self.to_server)
-                    {
-                        if let Err(e) = sent {
-                            return Poll::Ready(Err(SessionError::ServerIo(e)));
-                        }
-                        shrink_drained(&mut self.to_server);
-                        return Poll::Ready(Ok(Moved::Sent));
-                    }
-                    if want_server
-                        && let Poll::Ready(read) = conn.stream.poll_receive(cx, &mut conn.rbuf)
-                    {
-                        return Poll::Ready(match read {
-                            Ok(0) => Err(SessionError::ServerIo(std::io::Error::new(
-                                std::io::ErrorKind::UnexpectedEof,
-                                "server closed the connection",
-                            ))),
-                            Ok(_) => Ok(Moved::ServerData),
-                            Err(e) => Err(SessionError::ServerIo(e)),
-                        });
-                    }
+                if let Poll::Ready(moved) = this.poll_io(cx, want_client, want_server) {
+                    return Poll::Ready(Event::Io(moved));
                 }
-                if want_client
-                    && let Poll::Ready(read) = self.client.poll_receive(cx, &mut self.cbuf)
-                {
-                    return Poll::Ready(match read {
-                        Ok(0) => Ok(Moved::ClientEof),
-                        Ok(n) => {
-                            self.pool.stats.bytes_received.inc_by(n as u64);
-                            Ok(Moved::ClientData)
-                        }
-                        Err(e) => Err(SessionError::ClientIo(e)),
-                    });
+                match idle_timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+                    Some(Poll::Ready(())) => Poll::Ready(Event::IdleTransactionTimeout),
+                    _ => Poll::Pending,
                 }
-                Poll::Pending
-            });
-            let kill_signal = self.tracker.killed();
-            let event = tokio::select! {
-                biased;
-                stop = kill_signal => Event::Stop(stop),
-                moved = io => Event::Io(moved),
-                _ = sleep_opt(idle_timeout) => Event::IdleTransactionTimeout,
-            };
+            })
+            .await;
             match event {
                 Event::Stop(Stop::Kill) => return Err(killed()),
                 // Noted here; the session ends at the top of the loop once it is idle.
@@ -522,6 +492,61 @@ impl Session {
         }
     }
 
+    /// One poll over both sockets, in a fixed order: drain towards the client, then towards
+    /// the server, then read the server, then the client. Each direction moves what the
+    /// socket takes now (one syscall on plain TCP) and reports it.
+    fn poll_io(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        want_client: bool,
+        want_server: bool,
+    ) -> Poll<Result<Moved, SessionError>> {
+        if (!self.to_client.is_empty() || self.client.has_unflushed())
+            && let Poll::Ready(sent) = self.client.poll_send(cx, &mut self.to_client)
+        {
+            let n = match sent {
+                Ok(n) => n,
+                Err(e) => return Poll::Ready(Err(SessionError::ClientIo(e))),
+            };
+            self.pool.stats.bytes_sent.inc_by(n as u64);
+            shrink_drained(&mut self.to_client);
+            return Poll::Ready(Ok(Moved::Sent));
+        }
+        if let Some(checkout) = self.server.as_mut() {
+            let conn = checkout.conn();
+            if (!self.to_server.is_empty() || conn.stream.has_unflushed())
+                && let Poll::Ready(sent) = conn.stream.poll_send(cx, &mut self.to_server)
+            {
+                if let Err(e) = sent {
+                    return Poll::Ready(Err(SessionError::ServerIo(e)));
+                }
+                shrink_drained(&mut self.to_server);
+                return Poll::Ready(Ok(Moved::Sent));
+            }
+            if want_server && let Poll::Ready(read) = conn.stream.poll_receive(cx, &mut conn.rbuf) {
+                return Poll::Ready(match read {
+                    Ok(0) => Err(SessionError::ServerIo(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "server closed the connection",
+                    ))),
+                    Ok(_) => Ok(Moved::ServerData),
+                    Err(e) => Err(SessionError::ServerIo(e)),
+                });
+            }
+        }
+        if want_client && let Poll::Ready(read) = self.client.poll_receive(cx, &mut self.cbuf) {
+            return Poll::Ready(match read {
+                Ok(0) => Ok(Moved::ClientEof),
+                Ok(n) => {
+                    self.pool.stats.bytes_received.inc_by(n as u64);
+                    Ok(Moved::ClientData)
+                }
+                Err(e) => Err(SessionError::ClientIo(e)),
+            });
+        }
+        Poll::Pending
+    }
+
     /// Frees the buffers of a client with nothing in flight: thousands of idle clients
     /// should cost their sockets and little else.
     fn shed_idle_buffers(&mut self) {
@@ -534,7 +559,7 @@ impl Session {
         }
         if !self.unnamed_parse_owned {
             // Do not keep a whole read buffer alive for one small message.
-            if let Some(p) = self.unnamed_parse.as_mut() {
+            if let Some(p) = self.rare.as_mut().and_then(|r| r.unnamed_parse.as_mut()) {
                 *p = Bytes::copy_from_slice(p);
             }
             self.unnamed_parse_owned = true;
@@ -551,26 +576,13 @@ impl Session {
     async fn bind_server(&mut self) -> Result<(), SessionError> {
         // An idle server right now is the common case: no clock reads and no pass through
         // the waiting state for it.
-        let (checkout, waited) = match self.pool.try_checkout() {
-            Some(c) => (Ok(c), Duration::ZERO),
+        // `if let`, not `match`: the idle checkout it tried is not kept across the wait.
+        let (checkout, waited) = if let Some(c) = self.pool.try_checkout() {
+            (Ok(c), Duration::ZERO)
+        } else {
             // Boxed: waiting or connecting is the rare case, and its state would otherwise
             // be part of every idle client's task.
-            None => {
-                self.tracker.set(ClientState::Waiting);
-                let waiting_since = Instant::now();
-                let mut checkout = Box::pin(self.pool.checkout());
-                let c = loop {
-                    tokio::select! {
-                        c = &mut checkout => break c,
-                        stop = self.tracker.killed() => match stop {
-                            Stop::Kill => return Err(killed()),
-                            // This transaction still runs; the session ends after it.
-                            Stop::Shutdown => self.stopping = true,
-                        },
-                    }
-                };
-                (c, waiting_since.elapsed())
-            }
+            Box::pin(self.wait_for_server()).await?
         };
         self.pool.stats.waited(waited);
         self.tracker
@@ -608,13 +620,35 @@ impl Session {
             &mut self.to_server,
             &self.params,
             &mut conn.tracked,
-            &self.extra,
+            self.rare.as_ref().map_or(&[], |r| &r.extra),
         ) {
             self.expect.push(Expected::proxy(Reply::Query));
         }
-        self.reset_needed = !self.extra.is_empty();
+        self.reset_needed = self.rare.as_ref().is_some_and(|r| !r.extra.is_empty());
         self.server = Some(checkout);
         Ok(())
+    }
+
+    /// Waits for a server when none is idle (or one must be opened); a KILL ends the wait.
+    /// Returns the checkout's outcome and how long it took.
+    async fn wait_for_server(
+        &mut self,
+    ) -> Result<(Result<Checkout, crate::pool::PoolError>, Duration), SessionError> {
+        self.tracker.set(ClientState::Waiting);
+        let waiting_since = Instant::now();
+        let checkout = self.pool.checkout();
+        tokio::pin!(checkout);
+        let c = loop {
+            tokio::select! {
+                c = &mut checkout => break c,
+                stop = self.tracker.killed() => match stop {
+                    Stop::Kill => return Err(killed()),
+                    // This transaction still runs; the session ends after it.
+                    Stop::Shutdown => self.stopping = true,
+                },
+            }
+        };
+        Ok((c, waiting_since.elapsed()))
     }
 
     /// Returns the server to the pool once the client's transaction is over.
@@ -624,7 +658,7 @@ impl Session {
             && !self.expect.skipping_to_sync()
             && !self.unsynced
             && self.status == b'I'
-            && self.pieces.is_empty()
+            && !self.splitting()
             && self.to_server.is_empty();
         if !done {
             return;
@@ -634,7 +668,7 @@ impl Session {
             // if it changed any), then undo them before anyone else gets this one; the
             // server is released when the reply arrives.
             let sql = if self.session_changed {
-                self.captured = Some(Default::default());
+                rare(&mut self.rare).captured = Some(Default::default());
                 self.expect.push(Expected::capture());
                 params::CAPTURE_SQL
             } else {
@@ -697,7 +731,12 @@ impl Session {
     /// Handles buffered client messages until one needs something that is not there yet.
     fn process_client(&mut self) -> Result<Progress, SessionError> {
         loop {
-            if !self.pieces.is_empty() || self.resetting || self.verifying.is_some() {
+            if self.resetting
+                || self
+                    .rare
+                    .as_ref()
+                    .is_some_and(|r| !r.pieces.is_empty() || r.verifying.is_some())
+            {
                 return Ok(Progress::Idle);
             }
             let frame = match peek_frame(&self.cbuf, self.max_packet) {
@@ -754,8 +793,7 @@ impl Session {
             return false;
         };
         let Some(def) = self
-            .statements
-            .get(name)
+            .statement(name)
             .filter(|s| s.described.is_some() && !s.stale)
             .and_then(|s| s.shared.clone())
         else {
@@ -770,21 +808,21 @@ impl Session {
         self.prepare_on_server(&def);
         protocol::put_message(&mut self.to_server, b'H', |_| {});
         self.unsynced = true;
-        self.verifying = Some(def.id);
+        rare(&mut self.rare).verifying = Some(def.id);
         true
     }
 
     /// The fresh description of a statement being verified arrived (or its Parse failed):
     /// a different shape makes the client's statement stale.
     fn finish_verify(&mut self, id: u64, fresh: Option<&[u8]>) {
-        if self.verifying != Some(id) {
+        let Some(rare) = self.rare.as_mut().filter(|r| r.verifying == Some(id)) else {
             return;
-        }
-        self.verifying = None;
+        };
+        rare.verifying = None;
         let Some(fresh) = fresh else {
             return;
         };
-        for st in self.statements.values_mut() {
+        for st in rare.statements.values_mut() {
             if st.shared.as_ref().is_some_and(|d| d.id == id)
                 && st.described.as_deref().is_some_and(|d| d != fresh)
             {
@@ -818,7 +856,9 @@ impl Session {
                 };
                 // Rare path (a driver dropping a statement object): the copy is fine.
                 let name = Bytes::copy_from_slice(name);
-                self.statements.remove(&name);
+                if let Some(r) = self.rare.as_mut() {
+                    r.statements.remove(&name);
+                }
                 messages::empty_reply(&mut self.to_client, b'3');
                 true
             }
@@ -861,7 +901,7 @@ impl Session {
         if name.is_empty()
             || name == INJECT_STATEMENT.as_bytes()
             || name == INJECT_SEALED_STATEMENT.as_bytes()
-            || self.statements.contains_key(name)
+            || self.statement(name).is_some()
         {
             return false;
         }
@@ -871,7 +911,7 @@ impl Session {
             return false;
         }
         let def = self.pool.statements.register(rest);
-        self.statements.insert(
+        rare(&mut self.rare).statements.insert(
             Bytes::copy_from_slice(name),
             ClientStatement {
                 plan,
@@ -911,7 +951,7 @@ impl Session {
                 };
                 let plan = SqlPlan::of_statement(&query_text);
                 if plan.executes_prepared {
-                    self.stats.guard_refused(SQL_EXECUTE_RULE);
+                    self.tracker.stats().guard_refused(SQL_EXECUTE_RULE);
                     self.refuse_with("42501", &sql_execute_message());
                     return Ok(());
                 }
@@ -920,7 +960,8 @@ impl Session {
                     return Ok(());
                 }
                 if name.is_empty() {
-                    self.statements.insert(
+                    let rare = rare(&mut self.rare);
+                    rare.statements.insert(
                         Bytes::new(),
                         ClientStatement {
                             plan,
@@ -931,11 +972,11 @@ impl Session {
                             tenant_params,
                         },
                     );
-                    self.unnamed_parse = Some(msg.clone());
+                    rare.unnamed_parse = Some(msg.clone());
                     self.unnamed_parse_owned = false;
                     self.unnamed_on_server = true;
                     self.push_client(msg, Some(Reply::Parse));
-                } else if self.statements.contains_key(name) {
+                } else if self.statement(name).is_some() {
                     // PostgreSQL refuses to redefine a prepared statement; raised by the
                     // server itself so the error handling is PostgreSQL's.
                     let message = format!(
@@ -945,7 +986,7 @@ impl Session {
                     self.refuse_with("42P05", &message);
                 } else {
                     let def = self.pool.statements.register(rest);
-                    self.statements.insert(
+                    rare(&mut self.rare).statements.insert(
                         // Copied: a slice would keep the whole read buffer alive.
                         Bytes::copy_from_slice(name),
                         ClientStatement {
@@ -975,7 +1016,7 @@ impl Session {
             b'B' => {
                 let (portal, rest) = split_cstr(body)?;
                 let (stmt, tail) = split_cstr(rest)?;
-                let (plan, shared, mut stale) = match self.statements.get(stmt) {
+                let (plan, shared, mut stale) = match self.statement(stmt) {
                     Some(s) => (s.plan.clone(), s.shared.clone(), s.stale),
                     None if !stmt.is_empty() => {
                         // Only the client's own statements: names on the server (pgtenant's
@@ -983,18 +1024,14 @@ impl Session {
                         self.refuse_unknown_statement(stmt);
                         return Ok(());
                     }
-                    None if self.unnamed_parse.is_none() && !self.unnamed_on_server => {
+                    None if self.unnamed_parse().is_none() && !self.unnamed_on_server => {
                         // Never another client's unnamed statement left on the server.
                         self.refuse_with("26000", "unnamed prepared statement does not exist");
                         return Ok(());
                     }
                     None => (SqlPlan::default(), None, false),
                 };
-                if let Some(st) = self
-                    .statements
-                    .get(stmt)
-                    .filter(|s| !s.tenant_params.is_empty())
-                {
+                if let Some(st) = self.statement(stmt).filter(|s| !s.tenant_params.is_empty()) {
                     // Seed-style `set_config('app.current_tenant_id', $n, true)`: only the
                     // client's own tenant may be bound.
                     let own = self.tenant.as_str().as_bytes();
@@ -1003,11 +1040,13 @@ impl Session {
                         .iter()
                         .any(|&n| bind_parameter(tail, n) != Some(own));
                     if foreign {
-                        self.stats.guard_refused(crate::guard::rule::TENANT_SETTING);
+                        self.tracker
+                            .stats()
+                            .guard_refused(crate::guard::rule::TENANT_SETTING);
                         let message = format!(
                             "pgtenant refuses setting \"{}\" to a tenant other than the one of \
                              this connection's token (guard rule \"{}\")",
-                            self.tenant_setting,
+                            self.guard.tenant_setting(),
                             crate::guard::rule::TENANT_SETTING
                         );
                         self.refuse_with("42501", &message);
@@ -1016,7 +1055,10 @@ impl Session {
                 }
                 if let (Some(def), Some(told)) = (
                     shared.as_ref(),
-                    self.statements.get(stmt).and_then(|s| s.described.as_ref()),
+                    self.rare
+                        .as_ref()
+                        .and_then(|r| r.statements.get(stmt))
+                        .and_then(|s| s.described.as_ref()),
                 ) {
                     // Another client re-prepared the shared statement after a schema change:
                     // its shape on this server is no longer what this client was told.
@@ -1074,7 +1116,7 @@ impl Session {
             b'D' => match body.first() {
                 Some(b'S') => {
                     let (name, _) = split_cstr(&body[1..])?;
-                    match self.statements.get(name).and_then(|s| s.shared.clone()) {
+                    match self.statement(name).and_then(|s| s.shared.clone()) {
                         Some(def) => {
                             self.prepare_for(name, &def);
                             protocol::put_message(&mut self.to_server, b'D', |b| {
@@ -1106,13 +1148,14 @@ impl Session {
             b'C' => match body.first() {
                 Some(b'S') => {
                     let (name, _) = split_cstr(&body[1..])?;
+                    if let Some(r) = self.rare.as_mut() {
+                        r.statements.remove(name);
+                    }
                     if name.is_empty() {
-                        self.statements.remove(name);
                         self.push_client(msg, Some(Reply::Close));
                     } else {
                         // The shared server-side statement stays for other clients; closing
                         // a name that does not exist is not an error in PostgreSQL either.
-                        self.statements.remove(name);
                         self.expect.push(Expected::synthetic(b'3'));
                         self.unsynced = true;
                         self.answer_synthetic();
@@ -1141,7 +1184,7 @@ impl Session {
                     .get(..4)
                     .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
                 if let Err(refusal) = self.guard.check_function_call(oid) {
-                    self.stats.guard_refused(refusal.rule);
+                    self.tracker.stats().guard_refused(refusal.rule);
                     self.refuse_query("42501", &refusal.message);
                     return Ok(());
                 }
@@ -1155,7 +1198,7 @@ impl Session {
             b'd' => self.push_client(msg, None),
             b'c' | b'f' => {
                 // Syncs sent before this point, during the copy, are ignored by PostgreSQL.
-                self.copy_end_seq = self.expect.next_seq();
+                rare(&mut self.rare).copy_end_seq = self.expect.next_seq();
                 self.copy_in = false;
                 self.push_client(msg, None);
             }
@@ -1178,7 +1221,9 @@ impl Session {
         let (text, _) = split_cstr(protocol::payload(&msg))?;
         self.count_query();
         // A simple Query destroys the unnamed statement (PostgreSQL's exec_simple_query).
-        self.unnamed_parse = None;
+        if let Some(r) = self.rare.as_mut() {
+            r.unnamed_parse = None;
+        }
         self.unnamed_on_server = false;
         if self.expect.is_empty() && may_be_session_command(text) {
             let status = self.status;
@@ -1212,7 +1257,7 @@ impl Session {
             plan.begin_split = false;
         }
         if plan.executes_prepared {
-            self.stats.guard_refused(SQL_EXECUTE_RULE);
+            self.tracker.stats().guard_refused(SQL_EXECUTE_RULE);
             self.refuse_query("42501", &sql_execute_message());
             return Ok(());
         }
@@ -1238,13 +1283,14 @@ impl Session {
             self.push_client(msg.clone(), Some(Reply::Query));
         } else {
             let text = msg.slice_ref(text);
+            let rare = rare(&mut self.rare);
             let mut start = 0;
             for &at in &plan.splits {
-                self.pieces.push_back(start..at);
+                rare.pieces.push_back(start..at);
                 start = at;
             }
-            self.pieces.push_back(start..text.len());
-            self.pieces_text = text;
+            rare.pieces.push_back(start..text.len());
+            rare.pieces_text = text;
             self.send_next_piece(false);
         }
         if plan.ends_transaction {
@@ -1258,15 +1304,19 @@ impl Session {
     /// Sends the next part of a split Query, with the tenant set first when the server's
     /// transaction is usable.
     fn send_next_piece(&mut self, inject: bool) {
-        let Some(range) = self.pieces.pop_front() else {
+        let Some(rare) = self.rare.as_mut() else {
             return;
         };
-        let piece = self.pieces_text.slice(range);
+        let Some(range) = rare.pieces.pop_front() else {
+            return;
+        };
+        let piece = rare.pieces_text.slice(range);
+        let last = rare.pieces.is_empty();
         if inject {
             self.inject_tenant();
         }
         protocol::put_message(&mut self.to_server, b'Q', |b| protocol::put_cstr(b, &piece));
-        self.expect.push(Expected::piece(self.pieces.is_empty()));
+        self.expect.push(Expected::piece(last));
         self.maybe_ended = true;
     }
 
@@ -1297,14 +1347,14 @@ impl Session {
                     message: format!(
                         "pgtenant refuses setting \"{}\" to a tenant other than the one of \
                          this connection's token (guard rule \"{}\")",
-                        self.tenant_setting,
+                        self.guard.tenant_setting(),
                         crate::guard::rule::TENANT_SETTING
                     ),
                 }
             }
             GuardVerdict::Refuse(r) => r,
         };
-        self.stats.guard_refused(refusal.rule);
+        self.tracker.stats().guard_refused(refusal.rule);
         tracing::warn!(client = self.id, tenant = %self.tenant, rule = refusal.rule, "guard refused a statement");
         Err(refusal)
     }
@@ -1391,7 +1441,7 @@ impl Session {
         if self.unnamed_on_server {
             return;
         }
-        if let Some(parse) = self.unnamed_parse.clone() {
+        if let Some(parse) = self.unnamed_parse().cloned() {
             self.to_server.extend_from_slice(&parse);
             // Marked like a shared statement so that a failure reaches the client (its
             // Bind would have failed the same way).
@@ -1410,11 +1460,17 @@ impl Session {
     fn answer_session_command(&mut self, text: &str, status: u8) -> bool {
         let tag: &[u8] = match sql::session_command(text) {
             Some(SessionCommand::DeallocateAll) => {
-                self.statements.retain(|name, _| name.is_empty());
+                if let Some(r) = self.rare.as_mut() {
+                    r.statements.retain(|name, _| name.is_empty());
+                }
                 b"DEALLOCATE ALL"
             }
             Some(SessionCommand::Deallocate(name)) => {
-                if self.statements.remove(name.as_bytes()).is_none() {
+                let removed = self
+                    .rare
+                    .as_mut()
+                    .and_then(|r| r.statements.remove(name.as_bytes()));
+                if removed.is_none() {
                     // Never forwarded: server-side names are pgtenant's (its own statements
                     // and the shared ones), not the client's.
                     let message = format!("prepared statement \"{name}\" does not exist");
@@ -1438,16 +1494,20 @@ impl Session {
                 // The client's session settings go back to its startup values; the tenant,
                 // set per transaction by pgtenant, is not a session setting.
                 self.params = self.startup_params.clone();
-                self.extra.clear();
+                if let Some(r) = self.rare.as_mut() {
+                    r.extra.clear();
+                }
                 if self.server.is_some() {
                     self.reset_needed = true;
                 }
                 b"RESET"
             }
             Some(SessionCommand::DiscardAll) if status == b'I' => {
-                self.statements.clear();
+                if let Some(r) = self.rare.as_mut() {
+                    r.statements.clear();
+                    r.extra.clear();
+                }
                 self.params = self.startup_params.clone();
-                self.extra.clear();
                 if self.server.is_some() {
                     self.reset_needed = true;
                 }
@@ -1458,6 +1518,21 @@ impl Session {
         protocol::put_message(&mut self.to_client, b'C', |b| protocol::put_cstr(b, tag));
         messages::ready_for_query(&mut self.to_client, status);
         true
+    }
+
+    /// A client statement by its name.
+    fn statement(&self, name: &[u8]) -> Option<&ClientStatement> {
+        self.rare.as_ref()?.statements.get(name)
+    }
+
+    /// The client's latest Parse of the unnamed statement.
+    fn unnamed_parse(&self) -> Option<&Bytes> {
+        self.rare.as_ref()?.unnamed_parse.as_ref()
+    }
+
+    /// Parts of a split Query are still to be sent.
+    fn splitting(&self) -> bool {
+        self.rare.as_ref().is_some_and(|r| !r.pieces.is_empty())
     }
 
     /// Whether the next statement must set the tenant first.
@@ -1510,16 +1585,15 @@ impl Session {
         }
     }
 
-    /// Prepares a shared statement on the bound server if it is not there yet (Close first:
-    /// after a DEALLOCATE pgtenant cannot tell whether it survived).
     /// Prepares the client statement `name` (shared as `def`) on the bound server if needed;
     /// one parsed between transactions without a server is parsed afresh once, as
     /// PostgreSQL would have at the client's Parse (a plan from before a schema change must
     /// not stand in for it).
     fn prepare_for(&mut self, name: &[u8], def: &Arc<StmtDef>) {
         let fresh = self
-            .statements
-            .get_mut(name)
+            .rare
+            .as_mut()
+            .and_then(|r| r.statements.get_mut(name))
             .map(|s| std::mem::take(&mut s.needs_fresh_parse))
             .unwrap_or(false);
         if let Some(server) = self.server.as_mut().filter(|_| fresh) {
@@ -1627,15 +1701,16 @@ impl Session {
             if sealed {
                 // The seal depends on the server's secret: built per server, reused while
                 // the client keeps getting the same one.
-                sealed_inject = match self.sealed_inject.as_deref() {
+                let rare = rare(&mut self.rare);
+                sealed_inject = match &rare.sealed_inject {
                     Some((id, bytes)) if *id == conn.id => Some(bytes.clone()),
                     _ => conn.seal_secret.map(|secret| {
                         let bytes = build_sealed_injection(
-                            self.tenant_setting.as_bytes(),
+                            self.guard.tenant_setting().as_bytes(),
                             self.tenant.as_str().as_bytes(),
                             &secret,
                         );
-                        self.sealed_inject = Some(Box::new((conn.id, bytes.clone())));
+                        rare.sealed_inject = Some((conn.id, bytes.clone()));
                         bytes
                     }),
                 };
@@ -1652,7 +1727,7 @@ impl Session {
                 &mut self.to_server,
                 INJECT_STATEMENT.as_bytes(),
                 &[
-                    self.tenant_setting.as_bytes(),
+                    self.guard.tenant_setting().as_bytes(),
                     self.tenant.as_str().as_bytes(),
                 ],
             ),
@@ -1737,8 +1812,10 @@ impl Session {
             }
             match (failed.reply, failed.owner) {
                 (Reply::Parse, Owner::Client) => {
-                    self.statements
-                        .retain(|_, s| s.shared.as_ref().is_none_or(|d| d.id != failed.stmt));
+                    if let Some(r) = self.rare.as_mut() {
+                        r.statements
+                            .retain(|_, s| s.shared.as_ref().is_none_or(|d| d.id != failed.stmt));
+                    }
                 }
                 (_, Owner::Proxy) => {
                     // Preparing for the client's Bind/Describe failed (a table was dropped,
@@ -1748,7 +1825,7 @@ impl Session {
                 _ => {}
             }
         }
-        if tag == b'D' && self.captured.is_some() {
+        if tag == b'D' && self.rare.as_ref().is_some_and(|r| r.captured.is_some()) {
             self.capture_row(msg);
         }
         if tag == b'E' && step.completed.is_some_and(|e| e.stale_plan) {
@@ -1778,7 +1855,8 @@ impl Session {
                     if let Some(server) = self.server.as_mut() {
                         server.conn().described.insert(done.stmt, desc.clone());
                     }
-                    for st in self.statements.values_mut() {
+                    let statements = self.rare.as_mut().map(|r| r.statements.values_mut());
+                    for st in statements.into_iter().flatten() {
                         if st.shared.as_ref().is_some_and(|d| d.id == done.stmt) {
                             st.described = Some(desc.clone());
                             st.stale = false;
@@ -1843,10 +1921,11 @@ impl Session {
                 if self.resetting && self.expect.is_empty() {
                     self.resetting = false;
                     self.force_release = true;
-                    if let Some(captured) = self.captured.take() {
-                        let (params, extra) = *captured;
+                    if let Some(rare) = self.rare.as_mut()
+                        && let Some((params, extra)) = rare.captured.take()
+                    {
                         self.params = params;
-                        self.extra = extra;
+                        rare.extra = extra;
                     }
                 }
                 if let Some(done) = step
@@ -1856,7 +1935,9 @@ impl Session {
                     verdict = Verdict::Swallow;
                     if done.failed {
                         // PostgreSQL stops a multi-statement query at its first error.
-                        self.pieces.clear();
+                        if let Some(r) = self.rare.as_mut() {
+                            r.pieces.clear();
+                        }
                         messages::ready_for_query(&mut self.to_client, status);
                     } else {
                         // The part before ended a transaction: the next part starts a new
@@ -1904,8 +1985,9 @@ impl Session {
         let Some(start) = self.expect.front().map(|e| e.seq) else {
             return;
         };
-        if self.copy_end_seq > start {
-            self.expect.drop_syncs_between(start, self.copy_end_seq);
+        let copy_end_seq = self.rare.as_ref().map_or(0, |r| r.copy_end_seq);
+        if copy_end_seq > start {
+            self.expect.drop_syncs_between(start, copy_end_seq);
         } else {
             self.expect.drop_syncs_between(start, u64::MAX);
             self.copy_in = true;
@@ -1914,12 +1996,12 @@ impl Session {
 
     /// Records one `(name, setting)` row of the capture query.
     fn capture_row(&mut self, msg: &[u8]) {
-        let Some((params, extra)) = self.captured.as_deref_mut() else {
+        let Some((params, extra)) = self.rare.as_mut().and_then(|r| r.captured.as_mut()) else {
             return;
         };
         let mut cols = data_row_text(protocol::payload(msg));
         if let (Some(Some(name)), Some(Some(value))) = (cols.next(), cols.next()) {
-            params::record_captured(name, value, &self.tenant_setting, params, extra);
+            params::record_captured(name, value, self.guard.tenant_setting(), params, extra);
         }
     }
 
@@ -1938,9 +2020,9 @@ impl Session {
         // `tracked` themselves when they are sent.
         if let Some(i) = tracked_index(name).filter(|_| forwarded) {
             if let Some(server) = self.server.as_mut() {
-                server.conn().tracked[i] = Some(value.into());
+                server.conn().tracked.set(i, Some(value));
             }
-            self.params[i] = Some(value.into());
+            self.params.set(i, Some(value));
         }
     }
 
@@ -2004,7 +2086,7 @@ impl Session {
                 && !self.expect.skipping_to_sync()
                 && !self.unsynced
                 && self.status == b'I'
-                && self.pieces.is_empty()
+                && !self.splitting()
                 && self.to_server.is_empty();
             if clean {
                 server.release();
@@ -2180,15 +2262,6 @@ fn split_cstr(data: &[u8]) -> Result<(&[u8], &[u8]), SessionError> {
     protocol::read_cstr(data).ok_or_else(|| {
         SessionError::client("08P01", "invalid message format: missing string terminator")
     })
-}
-
-async fn sleep_opt(d: Option<Duration>) {
-    match d {
-        // Boxed: only an idle-in-transaction client with the timeout configured gets here,
-        // and a timer inline would widen every session's loop state.
-        Some(d) => Box::pin(tokio::time::sleep(d)).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// A send buffer that grew for a burst and is now empty goes back to nothing.

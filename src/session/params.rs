@@ -10,6 +10,8 @@
 //! anything itself. Values are always applied with `set_config(name, value, false)`, which
 //! parses them like the startup packet does (a list such as `a, b` stays a list).
 
+use std::sync::{Arc, Mutex};
+
 use bytes::BytesMut;
 
 use crate::protocol;
@@ -25,9 +27,64 @@ pub const TRACKED: [&str; 7] = [
     "search_path",
 ];
 
-/// Value per tracked parameter; `None` means the server's default.
-/// `Box<str>`, not `String`: every session keeps two of these, so 8 bytes a slot count.
-pub type ParamSet = [Option<Box<str>>; TRACKED.len()];
+/// A value per tracked parameter; `None` means the server's default.
+///
+/// Shared copy-on-write: a session's current and startup parameters and the servers it ran
+/// on usually hold the same values, so they share one allocation (none at all while nothing
+/// is set), and comparing two copies of it reads no string. Thousands of idle clients keep
+/// two of these each: a pointer apiece.
+#[derive(Clone, Default, Debug)]
+pub struct ParamSet(Option<Arc<[Option<Box<str>>; TRACKED.len()]>>);
+
+impl ParamSet {
+    /// The value of `TRACKED[i]`.
+    pub fn get(&self, i: usize) -> Option<&str> {
+        self.0.as_ref().and_then(|v| v[i].as_deref())
+    }
+
+    /// Sets `TRACKED[i]` (copying the values first if another holder shares them).
+    pub fn set(&mut self, i: usize, value: Option<&str>) {
+        if self.get(i) == value {
+            return;
+        }
+        let values = self.0.get_or_insert_with(Default::default);
+        Arc::make_mut(values)[i] = value.map(Box::from);
+    }
+}
+
+impl PartialEq for ParamSet {
+    fn eq(&self, other: &ParamSet) -> bool {
+        match (&self.0, &other.0) {
+            (None, None) => true,
+            (Some(a), Some(b)) if Arc::ptr_eq(a, b) => true,
+            _ => (0..TRACKED.len()).all(|i| self.get(i) == other.get(i)),
+        }
+    }
+}
+
+impl Eq for ParamSet {}
+
+/// The startup parameters of the latest login that sent any, for the next logins to share:
+/// the clients of one application usually send the same ones, and then all of them hold one
+/// copy. Taken once per login, never per transaction.
+#[derive(Debug, Default)]
+pub struct RecentParams(Mutex<ParamSet>);
+
+impl RecentParams {
+    /// `params`, or an equal set an earlier login holds.
+    pub fn share(&self, params: ParamSet) -> ParamSet {
+        if params.0.is_none() {
+            return params;
+        }
+        // A plain value: consistent after any panic.
+        let mut recent = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if *recent == params {
+            return recent.clone();
+        }
+        *recent = params.clone();
+        params
+    }
+}
 
 /// Settings a client changed at session level that are not in [`TRACKED`].
 pub type ExtraSettings = Vec<(String, String)>;
@@ -57,23 +114,25 @@ pub fn append_apply_query(
     out: &mut BytesMut,
     wanted: &ParamSet,
     applied: &mut ParamSet,
-    extra: &ExtraSettings,
+    extra: &[(String, String)],
 ) -> bool {
     let mut sets: Vec<(&str, &str)> = Vec::new();
     let mut resets = String::new();
-    for (i, name) in TRACKED.iter().enumerate() {
-        if wanted[i] == applied[i] {
-            continue;
-        }
-        match &wanted[i] {
-            Some(v) => sets.push((name, v)),
-            None => {
-                resets.push_str("RESET ");
-                resets.push_str(name);
-                resets.push(';');
+    if wanted != applied {
+        for (i, name) in TRACKED.iter().enumerate() {
+            if wanted.get(i) == applied.get(i) {
+                continue;
+            }
+            match wanted.get(i) {
+                Some(v) => sets.push((name, v)),
+                None => {
+                    resets.push_str("RESET ");
+                    resets.push_str(name);
+                    resets.push(';');
+                }
             }
         }
-        applied[i] = wanted[i].clone();
+        *applied = wanted.clone();
     }
     sets.extend(extra.iter().map(|(n, v)| (n.as_str(), v.as_str())));
     if sets.is_empty() && resets.is_empty() {
@@ -111,7 +170,7 @@ pub fn record_captured(
         return;
     }
     match tracked_index(name) {
-        Some(i) => params[i] = Some(value.into()),
+        Some(i) => params.set(i, Some(value)),
         None => extra.push((name.to_owned(), value.to_owned())),
     }
 }
@@ -140,9 +199,9 @@ mod tests {
     #[test]
     fn differing_parameters_are_set_and_defaults_reset() {
         let mut wanted: ParamSet = Default::default();
-        wanted[3] = Some("Europe/Paris".into());
+        wanted.set(3, Some("Europe/Paris"));
         let mut applied: ParamSet = Default::default();
-        applied[6] = Some("other_tenant_schema".into());
+        applied.set(6, Some("other_tenant_schema"));
         let mut out = BytesMut::new();
         assert!(append_apply_query(
             &mut out,
@@ -155,6 +214,38 @@ mod tests {
             "SELECT pg_catalog.set_config('TimeZone', 'Europe/Paris', false);RESET search_path;"
         );
         assert_eq!(applied, wanted);
+    }
+
+    #[test]
+    fn changing_a_copy_leaves_the_other_holders_alone() {
+        let mut startup: ParamSet = Default::default();
+        startup.set(1, Some("UTF8"));
+        let mut current = startup.clone();
+        current.set(1, Some("LATIN1"));
+        assert_eq!(startup.get(1), Some("UTF8"));
+        assert_eq!(current.get(1), Some("LATIN1"));
+        assert_ne!(startup, current);
+        current.set(1, Some("UTF8"));
+        assert_eq!(startup, current);
+    }
+
+    #[test]
+    fn logins_with_equal_parameters_share_one_copy() {
+        let recent = RecentParams::default();
+        let login = |zone: &str| {
+            let mut p: ParamSet = Default::default();
+            p.set(3, Some(zone));
+            recent.share(p)
+        };
+        let first = login("UTC");
+        let second = login("UTC");
+        let other = login("Europe/Paris");
+        let (Some(a), Some(b), Some(c)) = (&first.0, &second.0, &other.0) else {
+            panic!("parameters were lost");
+        };
+        assert!(Arc::ptr_eq(a, b), "equal parameters were copied");
+        assert!(!Arc::ptr_eq(a, c));
+        assert_eq!(other.get(3), Some("Europe/Paris"));
     }
 
     #[test]
@@ -187,7 +278,7 @@ mod tests {
     #[test]
     fn quotes_in_values_cannot_end_the_literal() {
         let mut wanted: ParamSet = Default::default();
-        wanted[0] = Some("x'; DROP TABLE invoices; --".into());
+        wanted.set(0, Some("x'; DROP TABLE invoices; --"));
         let mut applied: ParamSet = Default::default();
         let mut out = BytesMut::new();
         append_apply_query(&mut out, &wanted, &mut applied, &Vec::new());
@@ -209,7 +300,7 @@ mod tests {
         ] {
             record_captured(n, v, "app.current_tenant_id", &mut params, &mut extra);
         }
-        assert_eq!(params[6].as_deref(), Some("custom"));
+        assert_eq!(params.get(6), Some("custom"));
         assert_eq!(extra, vec![("work_mem".to_owned(), "8192".to_owned())]);
     }
 }

@@ -90,9 +90,9 @@ pub enum Stop {
 /// lock: it is part of every turn of the session loop, and it also carries the shutdown
 /// notice, so an idle session waits on nothing shared by all clients.
 #[derive(Debug)]
-pub struct KillSignal(Option<oneshot::Receiver<Stop>>);
+pub struct StopSignal(Option<oneshot::Receiver<Stop>>);
 
-impl Future for KillSignal {
+impl Future for StopSignal {
     type Output = Stop;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Stop> {
@@ -116,12 +116,12 @@ pub struct NewClient {
     pub peer: SocketAddr,
 }
 
-/// A client's place in the registry, with its kill signal; dropping it removes the client.
+/// A client's place in the registry, with its stop signal; dropping it removes the client.
 #[derive(Debug)]
 pub struct Registration {
     registry: Arc<ClientRegistry>,
     info: Arc<ClientInfo>,
-    kill: KillSignal,
+    stop: StopSignal,
 }
 
 impl Registration {
@@ -130,8 +130,8 @@ impl Registration {
     }
 
     /// Resolves once when this client is told to stop: KILL/KILL_CLIENT or the drain.
-    pub fn killed(&mut self) -> &mut KillSignal {
-        &mut self.kill
+    pub fn stop_signal(&mut self) -> &mut StopSignal {
+        &mut self.stop
     }
 }
 
@@ -164,7 +164,7 @@ impl ClientRegistry {
         Registration {
             registry: Arc::clone(self),
             info,
-            kill: KillSignal(Some(killed)),
+            stop: StopSignal(Some(killed)),
         }
     }
 
@@ -231,7 +231,7 @@ mod tests {
     fn fired(r: &mut Registration) -> bool {
         let waker = std::task::Waker::noop();
         let mut cx = Context::from_waker(waker);
-        Pin::new(r.killed()).poll(&mut cx).is_ready()
+        Pin::new(r.stop_signal()).poll(&mut cx).is_ready()
     }
 
     #[test]

@@ -308,8 +308,8 @@ impl ClientTracker {
     }
 
     /// Resolves once when this client is told to stop: KILL/KILL_CLIENT or the drain.
-    pub fn killed(&mut self) -> &mut crate::clients::KillSignal {
-        self.registration.killed()
+    pub fn stop_signal(&mut self) -> &mut crate::clients::StopSignal {
+        self.registration.stop_signal()
     }
 
     pub fn set(&mut self, state: ClientState) {

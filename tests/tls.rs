@@ -97,6 +97,23 @@ fn assert_success(output: &Output, what: &str) {
     );
 }
 
+/// A CA, a certificate for localhost and 127.0.0.1 signed by it, and a proxy serving
+/// clients with it in `mode`.
+fn serving_proxy(db: &TestDb, mode: &str) -> (Ca, TlsFiles, Proxy) {
+    let ca = Ca::new("CA");
+    let files = TlsFiles::new(&ca, &["localhost", "127.0.0.1"]);
+    let proxy = Proxy::start(serving(db, &files, mode));
+    (ca, files, proxy)
+}
+
+/// The login was refused with `code`, a message mentioning `fragment`, and went no further.
+fn assert_refused(reply: &LoginReply, code: &str, fragment: &str, what: &str) {
+    let (got, message) = reply.error.as_ref().expect(what);
+    assert_eq!(got, code, "{message}");
+    assert!(message.contains(fragment), "{message}");
+    assert!(!reply.ready);
+}
+
 /// Opens a TCP connection to the proxy and starts TLS right away (direct TLS), trusting
 /// `ca_pem` and offering `alpn`.
 async fn direct_tls(
@@ -461,9 +478,7 @@ async fn psql_with_verify_full_refuses_a_proxy_certificate_from_another_ca() {
 #[tokio::test]
 async fn require_refuses_plaintext_logins_with_28000_and_serves_tls() {
     let db = TestDb::new();
-    let ca = Ca::new("CA");
-    let files = TlsFiles::new(&ca, &["localhost", "127.0.0.1"]);
-    let proxy = Proxy::start(serving(&db, &files, "require"));
+    let (_ca, _files, proxy) = serving_proxy(&db, "require");
 
     let mut plain = send_startup(proxy.port(), &token_params(&token_for(TENANT_ACME))).await;
     let reply = read_login(&mut plain).await;
@@ -501,9 +516,7 @@ async fn require_refuses_plaintext_logins_with_28000_and_serves_tls() {
 #[tokio::test]
 async fn allow_serves_plaintext_and_tls_clients_side_by_side() {
     let db = TestDb::new();
-    let ca = Ca::new("CA");
-    let files = TlsFiles::new(&ca, &["localhost", "127.0.0.1"]);
-    let proxy = Proxy::start(serving(&db, &files, "allow"));
+    let (_ca, _files, proxy) = serving_proxy(&db, "allow");
     let plain = proxy.connect(&token_for(TENANT_ACME)).await.unwrap();
     assert_eq!(invoice_count(&plain).await, ACME_INVOICES);
     let (answer, _) = ssl_request(proxy.port()).await;
@@ -546,27 +559,20 @@ async fn disable_answers_ssl_request_with_n_and_closes_direct_tls() {
 #[tokio::test]
 async fn plaintext_sent_after_an_ssl_request_before_its_answer_is_refused_with_08p01() {
     let db = TestDb::new();
-    let ca = Ca::new("CA");
-    let files = TlsFiles::new(&ca, &["localhost", "127.0.0.1"]);
-    let proxy = Proxy::start(serving(&db, &files, "allow"));
+    let (_ca, _files, proxy) = serving_proxy(&db, "allow");
     let mut bytes = BytesMut::from(&request_packet(SSL_REQUEST_CODE)[..]);
     let token = token_for(TENANT_ACME);
     frontend::startup_message(token_params(&token).iter().copied(), &mut bytes).unwrap();
     let mut stream = raw_connect(proxy.port()).await;
     stream.write_all(&bytes).await.unwrap();
     let reply = read_login(&mut stream).await;
-    let (code, message) = reply.error.expect("the login went on");
-    assert_eq!(code, "08P01", "{message}");
-    assert!(message.contains("unencrypted data"), "{message}");
-    assert!(!reply.ready);
+    assert_refused(&reply, "08P01", "unencrypted data", "the login went on");
 }
 
 #[tokio::test]
 async fn direct_tls_with_alpn_postgresql_logs_in_and_runs_queries() {
     let db = TestDb::new();
-    let ca = Ca::new("CA");
-    let files = TlsFiles::new(&ca, &["localhost", "127.0.0.1"]);
-    let proxy = Proxy::start(serving(&db, &files, "require"));
+    let (ca, _files, proxy) = serving_proxy(&db, "require");
     let mut tls = direct_tls(proxy.port(), &ca.pem, Some(b"postgresql"))
         .await
         .unwrap();
@@ -585,24 +591,17 @@ async fn direct_tls_with_alpn_postgresql_logs_in_and_runs_queries() {
 #[tokio::test]
 async fn direct_tls_without_alpn_is_refused() {
     let db = TestDb::new();
-    let ca = Ca::new("CA");
-    let files = TlsFiles::new(&ca, &["localhost", "127.0.0.1"]);
-    let proxy = Proxy::start(serving(&db, &files, "require"));
+    let (ca, _files, proxy) = serving_proxy(&db, "require");
     let mut tls = direct_tls(proxy.port(), &ca.pem, None).await.unwrap();
     // Refused right after the handshake, before any startup packet.
     let reply = read_login(&mut tls).await;
-    let (code, message) = reply.error.expect("direct TLS without ALPN got in");
-    assert_eq!(code, "08P01", "{message}");
-    assert!(message.contains("ALPN"), "{message}");
-    assert!(!reply.ready);
+    assert_refused(&reply, "08P01", "ALPN", "direct TLS without ALPN got in");
 }
 
 #[tokio::test]
 async fn plaintext_cancel_request_cancels_a_query_of_a_tls_session() {
     let db = TestDb::new();
-    let ca = Ca::new("CA");
-    let files = TlsFiles::new(&ca, &["localhost", "127.0.0.1"]);
-    let proxy = Proxy::start(serving(&db, &files, "require"));
+    let (ca, _files, proxy) = serving_proxy(&db, "require");
     let mut tls = direct_tls(proxy.port(), &ca.pem, Some(b"postgresql"))
         .await
         .unwrap();

@@ -182,36 +182,24 @@ pub struct PauseInterrupted(pub String);
 /// unless told otherwise, and clients must not act on it).
 #[derive(Default)]
 pub struct ServerParams {
-    /// (name, value), sorted by name.
-    pub values: Vec<(String, String)>,
-    /// Each entry of `values` as an encoded ParameterStatus message: built once per server
-    /// login instead of once per client login.
-    pub encoded: Vec<bytes::Bytes>,
+    /// (name, its ParameterStatus message), sorted by name: encoded once per server login
+    /// instead of once per client login.
+    pub encoded: Vec<(String, bytes::Bytes)>,
 }
 
 impl ServerParams {
     fn new(reported: &std::collections::HashMap<String, String>) -> ServerParams {
-        let mut values: Vec<(String, String)> = reported
-            .iter()
-            .map(|(k, v)| {
-                let v = if k == "is_superuser" {
-                    "off"
-                } else {
-                    v.as_str()
-                };
-                (k.clone(), v.to_owned())
-            })
-            .collect();
-        values.sort();
-        let encoded = values
+        let mut encoded: Vec<(String, bytes::Bytes)> = reported
             .iter()
             .map(|(name, value)| {
+                let value = if name == "is_superuser" { "off" } else { value };
                 let mut b = bytes::BytesMut::new();
                 crate::protocol::messages::parameter_status(&mut b, name, value);
-                b.freeze()
+                (name.clone(), b.freeze())
             })
             .collect();
-        ServerParams { values, encoded }
+        encoded.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        ServerParams { encoded }
     }
 }
 

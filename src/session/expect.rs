@@ -204,6 +204,12 @@ impl ExpectQueue {
         self.q.is_empty()
     }
 
+    /// The server owes nothing and is not in the middle of the client's batch: the point
+    /// where it may be returned to the pool.
+    pub fn settled(&self) -> bool {
+        self.q.is_empty() && !self.skipping_to_sync
+    }
+
     pub fn len(&self) -> usize {
         self.q.len()
     }

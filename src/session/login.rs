@@ -249,7 +249,7 @@ pub async fn login(
 
     out.reserve(LOGIN_REPLY);
     messages::auth_ok(out);
-    for ((name, _), encoded) in server_params.values.iter().zip(&server_params.encoded) {
+    for (name, encoded) in &server_params.encoded {
         match tracked_index(name).and_then(|i| request.params.get(i)) {
             Some(v) => messages::parameter_status(out, name, v),
             None => out.extend_from_slice(encoded),

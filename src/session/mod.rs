@@ -461,7 +461,7 @@ impl Session {
             // stop notice first, then the sockets, then the timer.
             let this = &mut *self;
             let event = std::future::poll_fn(move |cx| {
-                if let Poll::Ready(stop) = Pin::new(this.tracker.killed()).poll(cx) {
+                if let Poll::Ready(stop) = Pin::new(this.tracker.stop_signal()).poll(cx) {
                     return Poll::Ready(Event::Stop(stop));
                 }
                 if let Poll::Ready(moved) = this.poll_io(cx, want_client, want_server) {
@@ -641,7 +641,7 @@ impl Session {
         let c = loop {
             tokio::select! {
                 c = &mut checkout => break c,
-                stop = self.tracker.killed() => match stop {
+                stop = self.tracker.stop_signal() => match stop {
                     Stop::Kill => return Err(killed()),
                     // This transaction still runs; the session ends after it.
                     Stop::Shutdown => self.stopping = true,
@@ -654,8 +654,7 @@ impl Session {
     /// Returns the server to the pool once the client's transaction is over.
     async fn maybe_release(&mut self) {
         let done = self.server.is_some()
-            && self.expect.is_empty()
-            && !self.expect.skipping_to_sync()
+            && self.expect.settled()
             && !self.unsynced
             && self.status == b'I'
             && !self.splitting()
@@ -731,12 +730,7 @@ impl Session {
     /// Handles buffered client messages until one needs something that is not there yet.
     fn process_client(&mut self) -> Result<Progress, SessionError> {
         loop {
-            if self.resetting
-                || self
-                    .rare
-                    .as_ref()
-                    .is_some_and(|r| !r.pieces.is_empty() || r.verifying.is_some())
-            {
+            if self.resetting || self.splitting() || self.verifying() {
                 return Ok(Progress::Idle);
             }
             let frame = match peek_frame(&self.cbuf, self.max_packet) {
@@ -1055,6 +1049,7 @@ impl Session {
                 }
                 if let (Some(def), Some(told)) = (
                     shared.as_ref(),
+                    // Field by field: the server is borrowed mutably below.
                     self.rare
                         .as_ref()
                         .and_then(|r| r.statements.get(stmt))
@@ -1533,6 +1528,11 @@ impl Session {
     /// Parts of a split Query are still to be sent.
     fn splitting(&self) -> bool {
         self.rare.as_ref().is_some_and(|r| !r.pieces.is_empty())
+    }
+
+    /// A statement is being verified on the server; client messages wait.
+    fn verifying(&self) -> bool {
+        self.rare.as_ref().is_some_and(|r| r.verifying.is_some())
     }
 
     /// Whether the next statement must set the tenant first.
@@ -2082,8 +2082,7 @@ impl Session {
             let clean = !self.dirty
                 && !self.session_changed
                 && !self.reset_needed
-                && self.expect.is_empty()
-                && !self.expect.skipping_to_sync()
+                && self.expect.settled()
                 && !self.unsynced
                 && self.status == b'I'
                 && !self.splitting()

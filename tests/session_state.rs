@@ -241,6 +241,11 @@ async fn session_only_features_are_refused_with_0a000_naming_the_feature() {
         ("LISTEN jobs", "LISTEN"),
         ("SELECT pg_advisory_lock(42)", "advisory lock"),
         ("CREATE TEMP TABLE scratch (a int)", "temporary table"),
+        ("SELECT 1 AS a INTO TEMP scratch", "temporary table"),
+        (
+            "CREATE OR REPLACE TEMP VIEW scratch AS SELECT 1",
+            "temporary table",
+        ),
         ("DECLARE held CURSOR WITH HOLD FOR SELECT 1", "WITH HOLD"),
         ("PREPARE q AS SELECT 1", "PREPARE"),
     ];

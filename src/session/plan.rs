@@ -41,6 +41,24 @@ pub struct SqlPlan {
 
 impl SqlPlan {
     pub fn of_query(text: &str) -> SqlPlan {
+        SqlPlan::of_data_statement(text).unwrap_or_else(|| SqlPlan::of_any_query(text))
+    }
+
+    /// The plan of one SELECT/INSERT/UPDATE/DELETE (nearly every transaction): only its
+    /// session effects need a look. `None` for anything else.
+    fn of_data_statement(text: &str) -> Option<SqlPlan> {
+        if !sql::is_one_data_statement(text) {
+            return None;
+        }
+        let mut plan = SqlPlan {
+            statements: 1,
+            ..SqlPlan::default()
+        };
+        plan.note_effects(text, true);
+        Some(plan)
+    }
+
+    fn of_any_query(text: &str) -> SqlPlan {
         // Fast path: one statement (the common case) needs only its leading keywords.
         let shape = sql::shape(text);
         if shape.statements <= 1 {
@@ -100,6 +118,10 @@ impl SqlPlan {
     }
 
     pub fn of_statement(text: &str) -> SqlPlan {
+        SqlPlan::of_data_statement(text).unwrap_or_else(|| SqlPlan::of_any_statement(text))
+    }
+
+    fn of_any_statement(text: &str) -> SqlPlan {
         let kind = sql::classify(text);
         let mut plan = SqlPlan {
             statements: usize::from(kind != StatementKind::Empty),
@@ -189,6 +211,43 @@ mod tests {
         assert!(SqlPlan::of_query("SET search_path = custom").changes_session);
         assert!(!SqlPlan::of_query("SET LOCAL search_path = custom").changes_session);
         assert!(SqlPlan::of_statement("SELECT set_config('jit', 'off', false)").changes_session);
+    }
+
+    #[test]
+    fn data_statements_plan_as_the_full_analysis_does() {
+        for q in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 42;",
+            "select 1",
+            "  /* c */ WITH x AS (SELECT 1) SELECT * FROM x ;; ",
+            "INSERT INTO t VALUES (1) RETURNING *",
+            "UPDATE t SET a = 1",
+            "DELETE FROM t",
+            "VALUES (1), (2)",
+            "TABLE invoices",
+            "SELECT set_config('search_path', 'x', false)",
+            "SELECT pg_advisory_lock(1)",
+            "SELECT 1 AS a INTO TEMP t",
+            "SELECT 1 AS a INTO reports",
+            "SELECT 'unterminated;",
+        ] {
+            assert!(SqlPlan::of_data_statement(q).is_some(), "{q}");
+            assert_eq!(SqlPlan::of_query(q), SqlPlan::of_any_query(q), "{q}");
+            assert_eq!(
+                SqlPlan::of_statement(q),
+                SqlPlan::of_any_statement(q),
+                "{q}"
+            );
+        }
+        for q in [
+            "SELECT 1; COMMIT",
+            "BEGIN",
+            "SET TRANSACTION READ ONLY",
+            "selects",
+            "(SELECT 1)",
+            "",
+        ] {
+            assert!(SqlPlan::of_data_statement(q).is_none(), "{q}");
+        }
     }
 
     #[test]

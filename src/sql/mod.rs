@@ -171,6 +171,28 @@ pub fn classify(sql: &str) -> StatementKind {
     scanner.finish()
 }
 
+/// Whether `sql` is one statement (a trailing `;` allowed) led by `SELECT`, `INSERT`,
+/// `UPDATE`, `DELETE`, `WITH`, `VALUES` or `TABLE`. Such a statement is
+/// [`StatementKind::Other`]: it neither controls the transaction nor sets its
+/// characteristics. Reads the first word only, for the per-transaction fast path.
+pub fn is_one_data_statement(sql: &str) -> bool {
+    const LEADING: [&[u8]; 7] = [
+        b"select", b"insert", b"update", b"delete", b"with", b"values", b"table",
+    ];
+    let body = sql.trim_end_matches(|c| c == ';' || is_sql_space(c));
+    let b = body.as_bytes();
+    if b.contains(&b';') {
+        return false;
+    }
+    match Lexer::new(b).next_token() {
+        Some(t) if t.kind == TokenKind::Word => {
+            let word = &b[t.start..t.end];
+            LEADING.iter().any(|k| word.eq_ignore_ascii_case(k))
+        }
+        _ => false,
+    }
+}
+
 /// What the session needs to know about a simple-protocol Query before forwarding it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QueryShape {

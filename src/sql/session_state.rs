@@ -7,6 +7,10 @@
 //!   session advisory locks, `WITH HOLD` cursors, temporary tables, SQL-level `PREPARE`):
 //!   the session refuses them with a clear error instead of letting them half-work.
 //!
+//! Temporary objects are found as `CREATE [OR REPLACE] [GLOBAL|LOCAL] TEMP …`,
+//! `SELECT … INTO TEMP …` and anything qualified with `pg_temp`. Dynamic SQL inside a function
+//! body can still create one; the `audit` command reports a pool role allowed to.
+//!
 //! The detector answers "maybe" generously for settings (any `set_config` call counts,
 //! since a false positive costs one `RESET ALL` and a false negative would leak), and
 //! precisely for features (a false positive refuses a valid statement). It never allocates.
@@ -44,17 +48,24 @@ pub fn session_effects_of(sql: &str, single: bool) -> SessionEffects {
     let b = sql.as_bytes();
     let mut fx = SessionEffects {
         changes_settings: contains_word_part(b, b"set_config"),
-        needs_session: contains_word_part(b, b"advisory_lock").then_some(
-            "session-level advisory locks (pg_advisory_lock; pg_advisory_xact_lock works)",
-        ),
+        needs_session: if contains_word_part(b, b"advisory_lock") {
+            Some("session-level advisory locks (pg_advisory_lock; pg_advisory_xact_lock works)")
+        } else if names_temp_schema(b) {
+            Some(TEMPORARY_TABLES)
+        } else {
+            None
+        },
         executes_prepared: false,
     };
+    // `SELECT … INTO TEMP t` creates a temporary table; without an `into` anywhere, a
+    // SELECT is decided by its first words.
+    let may_select_into = contains_ignoring_case(b, b"into");
     let mut lexer = Lexer::new(b);
-    let mut stmt = StatementWords::default();
+    let mut stmt = StatementWords::new(may_select_into);
     while let Some(tok) = lexer.next_token() {
         if tok.kind == TokenKind::Semicolon {
             stmt.finish(&mut fx);
-            stmt = StatementWords::default();
+            stmt = StatementWords::new(may_select_into);
             continue;
         }
         let word = (tok.kind == TokenKind::Word).then(|| &b[tok.start..tok.end]);
@@ -65,6 +76,8 @@ pub fn session_effects_of(sql: &str, single: bool) -> SessionEffects {
     stmt.finish(&mut fx);
     fx
 }
+
+const TEMPORARY_TABLES: &str = "temporary tables";
 
 /// The leading words of one statement, as far as they matter.
 #[derive(Default)]
@@ -77,9 +90,37 @@ struct StatementWords<'a> {
     decided: bool,
     /// `EXPLAIN …`/`CREATE …`: look for an inner `EXECUTE` to the end of the statement.
     scan_for_execute: bool,
+    /// `SELECT …`: look for `INTO TEMP` to the end of the statement.
+    scan_for_into: bool,
+    /// The query has the letters `into` somewhere: a `SELECT` (or `WITH …`, `(SELECT …)`)
+    /// is read to its end for `INTO [LOCAL|GLOBAL] TEMP[ORARY]`.
+    may_select_into: bool,
+    into: IntoClause,
+    /// The previous word was INSERT or MERGE, whose INTO names an existing table.
+    after_insert: bool,
+}
+
+/// Where a `SELECT`'s words stand with respect to `INTO TEMP name`.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum IntoClause {
+    /// Not scanning, or no INTO seen yet.
+    #[default]
+    None,
+    /// Scanning: after INTO (and any LOCAL/GLOBAL).
+    AfterInto,
+    /// After INTO TEMP: the next word tells a temporary table (`TABLE`, a name) from a
+    /// permanent table named `temp` (`FROM`, `WHERE`, … or nothing).
+    AfterTemp,
 }
 
 impl<'a> StatementWords<'a> {
+    fn new(may_select_into: bool) -> Self {
+        StatementWords {
+            may_select_into,
+            ..StatementWords::default()
+        }
+    }
+
     /// Feeds the next token (`None` for a non-word). Returns false once nothing more about
     /// this statement can change the answer.
     fn feed(&mut self, word: Option<&'a [u8]>, fx: &mut SessionEffects) -> bool {
@@ -87,12 +128,43 @@ impl<'a> StatementWords<'a> {
             fx.executes_prepared = true;
             self.scan_for_execute = false;
         }
+        if self.scan_for_into {
+            self.feed_into(word, fx);
+        }
         if self.decided {
-            return self.scan_for_execute;
+            return self.scan_for_execute || self.scan_for_into;
         }
         self.count += 1;
+        if self.count == 1
+            && self.may_select_into
+            && word.is_none_or(|w| eq(w, b"select") || eq(w, b"with"))
+        {
+            // `(SELECT …)` starts with a non-word.
+            self.scan_for_into = true;
+        }
         let undecided = self.feed_leading(word, fx);
-        undecided || self.scan_for_execute
+        undecided || self.scan_for_execute || self.scan_for_into
+    }
+
+    /// `SELECT … INTO [LOCAL|GLOBAL] TEMP|TEMPORARY [TABLE] name`.
+    fn feed_into(&mut self, word: Option<&'a [u8]>, fx: &mut SessionEffects) {
+        let Some(w) = word else {
+            self.into = IntoClause::None;
+            self.after_insert = false;
+            return;
+        };
+        self.into = match self.into {
+            IntoClause::AfterInto if is_temp(w) => IntoClause::AfterTemp,
+            IntoClause::AfterInto if eq(w, b"local") || eq(w, b"global") => IntoClause::AfterInto,
+            IntoClause::AfterTemp if eq(w, b"table") || !ends_select_target(w) => {
+                fx.needs_session = Some(TEMPORARY_TABLES);
+                self.scan_for_into = false;
+                IntoClause::None
+            }
+            _ if eq(w, b"into") && !self.after_insert => IntoClause::AfterInto,
+            _ => IntoClause::None,
+        };
+        self.after_insert = eq(w, b"insert") || eq(w, b"merge");
     }
 
     fn feed_leading(&mut self, word: Option<&'a [u8]>, fx: &mut SessionEffects) -> bool {
@@ -139,12 +211,7 @@ impl<'a> StatementWords<'a> {
                     }
                     self.decided = true;
                 } else if eq(first, b"create") {
-                    if is_temp(second) {
-                        fx.needs_session = Some("temporary tables");
-                        self.decided = true;
-                    } else if !(eq(second, b"global") || eq(second, b"local")) {
-                        self.decided = true;
-                    }
+                    self.decided = create_decided(second, fx);
                 } else if !eq(first, b"declare") {
                     self.decided = true;
                 }
@@ -154,11 +221,7 @@ impl<'a> StatementWords<'a> {
                 let first = self.first.unwrap_or_default();
                 let w = word.unwrap_or_default();
                 if eq(first, b"create") {
-                    // CREATE GLOBAL|LOCAL TEMP …
-                    if is_temp(w) {
-                        fx.needs_session = Some("temporary tables");
-                    }
-                    self.decided = true;
+                    self.decided = create_decided(w, fx);
                 } else {
                     // DECLARE name … {WITH|WITHOUT} HOLD … FOR query
                     if eq(w, b"for") {
@@ -180,6 +243,74 @@ impl<'a> StatementWords<'a> {
             fx.changes_settings = true;
         }
     }
+}
+
+/// One word after CREATE: `CREATE [OR REPLACE] [GLOBAL|LOCAL] TEMP[ORARY] …` makes a
+/// temporary object. Returns whether the statement is decided.
+fn create_decided(w: &[u8], fx: &mut SessionEffects) -> bool {
+    if is_temp(w) {
+        fx.needs_session = Some(TEMPORARY_TABLES);
+        return true;
+    }
+    !(eq(w, b"or") || eq(w, b"replace") || eq(w, b"global") || eq(w, b"local"))
+}
+
+/// Words that may follow `SELECT … INTO temp` when `temp` is the name of a permanent table:
+/// the clauses after a SELECT's INTO.
+fn ends_select_target(w: &[u8]) -> bool {
+    const CLAUSES: [&[u8]; 13] = [
+        b"from",
+        b"where",
+        b"group",
+        b"having",
+        b"window",
+        b"order",
+        b"limit",
+        b"offset",
+        b"fetch",
+        b"for",
+        b"union",
+        b"intersect",
+        b"except",
+    ];
+    CLAUSES.iter().any(|c| eq(w, c))
+}
+
+/// An object qualified with the temporary schema (`pg_temp.t`, `pg_temp_3.t`, `"pg_temp".t`)
+/// is a temporary one; found anywhere, as dynamic SQL may hide it in a string.
+fn names_temp_schema(b: &[u8]) -> bool {
+    const NAME: &[u8] = b"pg_temp";
+    memchr::memchr_iter(b'_', b).any(|i| {
+        let Some(start) = i.checked_sub(2) else {
+            return false;
+        };
+        let Some(name) = b.get(start..start + NAME.len()) else {
+            return false;
+        };
+        let glued = start > 0 && (b[start - 1].is_ascii_alphanumeric() || b[start - 1] == b'_');
+        if glued || !name.eq_ignore_ascii_case(NAME) {
+            return false;
+        }
+        let rest = &b[start + NAME.len()..];
+        let digits = rest
+            .iter()
+            .take_while(|c| c.is_ascii_digit() || **c == b'_')
+            .count();
+        let rest = &rest[digits..];
+        let rest = rest.strip_prefix(b"\"").unwrap_or(rest);
+        rest.first() == Some(&b'.')
+    })
+}
+
+/// `needle` (lowercase letters) anywhere in `b`, in any case.
+fn contains_ignoring_case(b: &[u8], needle: &[u8]) -> bool {
+    let Some((&first, tail)) = needle.split_first() else {
+        return true;
+    };
+    memchr::memchr2_iter(first, first.to_ascii_uppercase(), b).any(|i| {
+        b.get(i + 1..i + needle.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(tail))
+    })
 }
 
 fn eq(a: &[u8], b: &[u8]) -> bool {
@@ -272,6 +403,27 @@ mod tests {
             ("CREATE TEMP TABLE t (a int)", "temporary"),
             ("create global temporary table t (a int)", "temporary"),
             ("CREATE LOCAL TEMP VIEW v AS SELECT 1", "temporary"),
+            ("CREATE OR REPLACE TEMP VIEW v AS SELECT 1", "temporary"),
+            (
+                "create or replace temporary recursive view v(a) as select 1",
+                "temporary",
+            ),
+            ("SELECT 1 AS a INTO TEMP t", "temporary"),
+            ("select * into temporary table t from invoices", "temporary"),
+            ("SELECT 1 AS a INTO LOCAL TEMP TABLE t", "temporary"),
+            ("(SELECT 1 AS a INTO TEMP t)", "temporary"),
+            (
+                "WITH x AS (SELECT 2 AS a) SELECT * INTO TEMP t FROM x",
+                "temporary",
+            ),
+            ("SELECT 1; SELECT 2 AS a INTO TEMP t", "temporary"),
+            ("CREATE TABLE pg_temp.t (a int)", "temporary"),
+            ("create view \"pg_temp\".v as select 1", "temporary"),
+            ("SELECT * INTO pg_temp_3.t FROM invoices", "temporary"),
+            (
+                "DO $$BEGIN EXECUTE 'CREATE TABLE pg_temp.t (a int)'; END$$",
+                "temporary",
+            ),
             ("PREPARE q AS SELECT 1", "PREPARE"),
             ("SELECT 1; LISTEN x", "LISTEN"),
         ] {
@@ -312,6 +464,16 @@ mod tests {
             "UNLISTEN *",
             "SELECT 'LISTEN x'",
             "CREATE INDEX ON t (a)",
+            "CREATE OR REPLACE VIEW v AS SELECT 1",
+            "SELECT 1 AS a INTO temp FROM invoices",
+            "SELECT 1 AS a INTO temp",
+            "SELECT 1 AS a INTO reports",
+            "SELECT 'INTO TEMP t'",
+            "INSERT INTO temp VALUES (1)",
+            "WITH x AS (SELECT 1) INSERT INTO temp SELECT * FROM x",
+            "SELECT * FROM pg_temperature.readings",
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'pg_temp%'",
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql SET search_path = app, pg_temp AS 'SELECT 1'",
         ] {
             assert_eq!(session_effects(sql).needs_session, None, "{sql}");
         }

@@ -46,6 +46,9 @@ pub struct ClientInfo {
     pub peer: SocketAddr,
     pub connected_at: SystemTime,
     state: AtomicU8,
+    /// Set before the stop notice is sent: the session loop reads this flag on every turn
+    /// and polls its stop signal only when it is set or before it waits.
+    stop_sent: AtomicBool,
     /// Taken and fired by KILL/KILL_CLIENT.
     kill: Mutex<Option<oneshot::Sender<Stop>>>,
 }
@@ -72,6 +75,9 @@ impl ClientInfo {
     /// once: a kill after a shutdown notice finds it already leaving).
     fn stop(&self, why: Stop) -> bool {
         let sender = self.kill.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if sender.is_some() {
+            self.stop_sent.store(true, Ordering::Release);
+        }
         // A session that already ended has dropped its receiver: nothing to tell.
         sender.is_some_and(|s| s.send(why).is_ok())
     }
@@ -133,6 +139,12 @@ impl Registration {
     pub fn stop_signal(&mut self) -> &mut StopSignal {
         &mut self.stop
     }
+
+    /// Whether a stop notice was sent (or is being sent): then [`Self::stop_signal`] is
+    /// ready or about to be. One atomic load, where polling the signal costs a channel poll.
+    pub fn stop_sent(&self) -> bool {
+        self.info.stop_sent.load(Ordering::Acquire)
+    }
 }
 
 impl Drop for Registration {
@@ -153,6 +165,7 @@ impl ClientRegistry {
             peer: client.peer,
             connected_at: SystemTime::now(),
             state: AtomicU8::new(0),
+            stop_sent: AtomicBool::new(false),
             kill: Mutex::new(Some(kill)),
         });
         self.clients.insert(info.id, Arc::clone(&info));

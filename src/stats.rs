@@ -312,6 +312,11 @@ impl ClientTracker {
         self.registration.stop_signal()
     }
 
+    /// Whether a stop notice was sent; see [`crate::clients::Registration::stop_sent`].
+    pub fn stop_sent(&self) -> bool {
+        self.registration.stop_sent()
+    }
+
     pub fn set(&mut self, state: ClientState) {
         if state == self.state {
             return;

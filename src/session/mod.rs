@@ -458,14 +458,24 @@ impl Session {
             // One hand-written poll instead of `select!`: the future then holds one pointer
             // to the session and the timer's, not a borrow per field and a slot per branch,
             // and every idle client's task is that much smaller. Polled in a fixed order: a
-            // stop notice first, then the sockets, then the timer.
+            // stop notice first, then the sockets, then the timer. The stop signal is polled
+            // only once its flag is set or before the task waits (which registers it): a
+            // channel poll per turn cost more than the flag's load.
             let this = &mut *self;
             let event = std::future::poll_fn(move |cx| {
-                if let Poll::Ready(stop) = Pin::new(this.tracker.stop_signal()).poll(cx) {
+                let stop_sent = this.tracker.stop_sent();
+                if stop_sent
+                    && let Poll::Ready(stop) = Pin::new(this.tracker.stop_signal()).poll(cx)
+                {
                     return Poll::Ready(Event::Stop(stop));
                 }
                 if let Poll::Ready(moved) = this.poll_io(cx, want_client, want_server) {
                     return Poll::Ready(Event::Io(moved));
+                }
+                if !stop_sent
+                    && let Poll::Ready(stop) = Pin::new(this.tracker.stop_signal()).poll(cx)
+                {
+                    return Poll::Ready(Event::Stop(stop));
                 }
                 match idle_timer.as_mut().map(|t| t.as_mut().poll(cx)) {
                     Some(Poll::Ready(())) => Poll::Ready(Event::IdleTransactionTimeout),

@@ -90,8 +90,19 @@ fn is_ident_start(c: u8) -> bool {
 }
 
 /// `ident_cont` in scan.l: an identifier may contain digits and `$` after its first character.
+/// A table: words are most of what every query's scan reads, one byte at a time.
 fn is_ident_cont(c: u8) -> bool {
-    is_ident_start(c) || c.is_ascii_digit() || c == b'$'
+    const TABLE: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut i = 0;
+        while i < 256 {
+            let c = i as u8;
+            t[i] = c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+            i += 1;
+        }
+        t
+    };
+    TABLE[usize::from(c)]
 }
 
 /// `dolq_cont` in scan.l: like `ident_cont` but without `$`, which ends the tag.

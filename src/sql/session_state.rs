@@ -46,11 +46,12 @@ pub fn session_effects(sql: &str) -> SessionEffects {
 /// decided.
 pub fn session_effects_of(sql: &str, single: bool) -> SessionEffects {
     let b = sql.as_bytes();
+    let names = NamesFound::in_text(b);
     let mut fx = SessionEffects {
-        changes_settings: contains_word_part(b, b"set_config"),
-        needs_session: if contains_word_part(b, b"advisory_lock") {
+        changes_settings: names.set_config,
+        needs_session: if names.advisory_lock {
             Some("session-level advisory locks (pg_advisory_lock; pg_advisory_xact_lock works)")
-        } else if names_temp_schema(b) {
+        } else if names.temp_schema {
             Some(TEMPORARY_TABLES)
         } else {
             None
@@ -276,32 +277,6 @@ fn ends_select_target(w: &[u8]) -> bool {
     CLAUSES.iter().any(|c| eq(w, c))
 }
 
-/// An object qualified with the temporary schema (`pg_temp.t`, `pg_temp_3.t`, `"pg_temp".t`)
-/// is a temporary one; found anywhere, as dynamic SQL may hide it in a string.
-fn names_temp_schema(b: &[u8]) -> bool {
-    const NAME: &[u8] = b"pg_temp";
-    memchr::memchr_iter(b'_', b).any(|i| {
-        let Some(start) = i.checked_sub(2) else {
-            return false;
-        };
-        let Some(name) = b.get(start..start + NAME.len()) else {
-            return false;
-        };
-        let glued = start > 0 && (b[start - 1].is_ascii_alphanumeric() || b[start - 1] == b'_');
-        if glued || !name.eq_ignore_ascii_case(NAME) {
-            return false;
-        }
-        let rest = &b[start + NAME.len()..];
-        let digits = rest
-            .iter()
-            .take_while(|c| c.is_ascii_digit() || **c == b'_')
-            .count();
-        let rest = &rest[digits..];
-        let rest = rest.strip_prefix(b"\"").unwrap_or(rest);
-        rest.first() == Some(&b'.')
-    })
-}
-
 /// `needle` (lowercase letters) anywhere in `b`, in any case.
 fn contains_ignoring_case(b: &[u8], needle: &[u8]) -> bool {
     let Some((&first, tail)) = needle.split_first() else {
@@ -321,18 +296,58 @@ fn is_temp(w: &[u8]) -> bool {
     eq(w, b"temp") || eq(w, b"temporary")
 }
 
-/// Any occurrence of `needle` (which contains a `_`), in any case, anywhere — also in
-/// strings and comments, where dynamic SQL hides.
-fn contains_word_part(b: &[u8], needle: &[u8]) -> bool {
-    let Some(us) = needle.iter().position(|&c| c == b'_') else {
+/// Names that matter wherever they appear, also in strings and comments, where dynamic SQL
+/// hides: all contain a `_`, so one pass from underscore to underscore finds them (this runs
+/// on every query).
+#[derive(Default)]
+struct NamesFound {
+    /// `set_config`, in any case.
+    set_config: bool,
+    /// `advisory_lock` (as in `pg_advisory_lock`, `pg_try_advisory_lock_shared`).
+    advisory_lock: bool,
+    /// An object qualified with the temporary schema: `pg_temp.t`, `pg_temp_3.t`,
+    /// `"pg_temp".t`.
+    temp_schema: bool,
+}
+
+impl NamesFound {
+    fn in_text(b: &[u8]) -> NamesFound {
+        let mut found = NamesFound::default();
+        for i in memchr::memchr_iter(b'_', b) {
+            found.set_config |= has_at(b, i, 3, b"set_config");
+            found.advisory_lock |= has_at(b, i, 8, b"advisory_lock");
+            found.temp_schema |= qualifies_with_temp_schema(b, i);
+        }
+        found
+    }
+}
+
+/// Whether `name`, whose `_` is `offset` bytes in, sits around the `_` at `underscore`.
+fn has_at(b: &[u8], underscore: usize, offset: usize, name: &[u8]) -> bool {
+    underscore
+        .checked_sub(offset)
+        .and_then(|start| b.get(start..start + name.len()))
+        .is_some_and(|s| s.eq_ignore_ascii_case(name))
+}
+
+/// `pg_temp[_N]["].` around the `_` at `underscore`, not glued to a longer name.
+fn qualifies_with_temp_schema(b: &[u8], underscore: usize) -> bool {
+    const NAME: &[u8] = b"pg_temp";
+    if !has_at(b, underscore, 2, NAME) {
         return false;
-    };
-    // Jump from underscore to underscore: this runs on every query.
-    memchr::memchr_iter(b'_', b).any(|i| {
-        i >= us
-            && b.len() >= i - us + needle.len()
-            && b[i - us..i - us + needle.len()].eq_ignore_ascii_case(needle)
-    })
+    }
+    let start = underscore - 2;
+    if start > 0 && (b[start - 1].is_ascii_alphanumeric() || b[start - 1] == b'_') {
+        return false;
+    }
+    let rest = &b[start + NAME.len()..];
+    let digits = rest
+        .iter()
+        .take_while(|c| c.is_ascii_digit() || **c == b'_')
+        .count();
+    let rest = &rest[digits..];
+    let rest = rest.strip_prefix(b"\"").unwrap_or(rest);
+    rest.first() == Some(&b'.')
 }
 
 /// True when the first statement is `SET TRANSACTION …` or `SET SESSION CHARACTERISTICS …`:

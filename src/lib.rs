@@ -26,6 +26,7 @@
 pub mod admin;
 pub mod audit;
 pub mod auth;
+pub mod buffers;
 pub mod cancel;
 pub mod clients;
 pub mod cluster;

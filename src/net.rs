@@ -19,8 +19,7 @@ use tokio::net::TcpStream;
 const MIN_SPARE: usize = 256;
 /// How much a receive buffer grows by.
 pub const READ_CHUNK: usize = 16 * 1024;
-/// The first read into an empty (freed while idle) buffer: just under glibc's largest
-/// per-thread cached chunk (1032 bytes).
+/// The first read into an empty (freed while idle) buffer: most client messages fit.
 const FIRST_READ: usize = 1000;
 /// Most bytes one TLS receive hands over (a few records), so that the session's
 /// back-pressure checks between receives stay close to their mark.
@@ -91,9 +90,9 @@ fn detached() -> io::Error {
 /// Makes room for at least one more read, without touching a buffer that has room.
 fn reserve(buf: &mut BytesMut, at_least: usize) {
     if buf.capacity() == 0 {
-        // Most reads between idle spells are one small message: start within glibc's
-        // per-thread cache; a read that fills it grows the buffer on the next round.
-        buf.reserve(at_least.max(FIRST_READ));
+        // Most reads between idle spells are one small message: start small (a spare
+        // buffer of this thread's); a read that fills it grows the buffer on the next round.
+        *buf = crate::buffers::take(at_least.max(FIRST_READ));
         return;
     }
     let spare = buf.capacity() - buf.len();
@@ -185,7 +184,7 @@ impl<T: TlsSession> Stream<T> {
                 if read.is_pending() && buf.is_empty() {
                     // Readiness was stale; the waker is registered. An idle connection must
                     // not keep the buffer just reserved for nothing.
-                    *buf = BytesMut::new();
+                    crate::buffers::give(buf);
                 }
                 read
             }

@@ -53,8 +53,8 @@ const UNNAMED_STATEMENT: u64 = u64::MAX;
 const HIGH_WATER: usize = 256 * 1024;
 /// Server messages can be as large as PostgreSQL allows (1 GB).
 const MAX_SERVER_MESSAGE: usize = 0x3fff_ffff;
-/// Write buffers reserved when a transaction gets its server: just under glibc's largest
-/// per-thread cached chunk (1032 bytes), so taking and freeing them is cheap.
+/// Write buffers reserved when a transaction gets its server (taken from the thread's spare
+/// buffers, see [`crate::buffers`]).
 const TXN_BUF: usize = 1000;
 
 /// Why a session ended abnormally. `Client` errors are told to the client before closing.
@@ -564,9 +564,7 @@ impl Session {
             shrink_drained(&mut self.cbuf);
             return;
         }
-        if self.cbuf.is_empty() && self.cbuf.capacity() > 0 {
-            self.cbuf = BytesMut::new();
-        }
+        crate::buffers::give(&mut self.cbuf);
         if !self.unnamed_parse_owned {
             // Do not keep a whole read buffer alive for one small message.
             if let Some(p) = self.rare.as_mut().and_then(|r| r.unnamed_parse.as_mut()) {
@@ -574,12 +572,8 @@ impl Session {
             }
             self.unnamed_parse_owned = true;
         }
-        if self.to_client.is_empty() && self.to_client.capacity() > 0 {
-            self.to_client = BytesMut::new();
-        }
-        if self.to_server.is_empty() && self.to_server.capacity() > 0 {
-            self.to_server = BytesMut::new();
-        }
+        crate::buffers::give(&mut self.to_client);
+        crate::buffers::give(&mut self.to_server);
     }
 
     /// Checks out a server for the transaction the next client message starts.
@@ -606,8 +600,13 @@ impl Session {
         self.tracker.set(ClientState::Active);
         // Room for a typical transaction's messages each way, so small writes do not grow
         // the (freed while idle) buffers step by step.
-        self.to_server.reserve(TXN_BUF);
-        self.to_client.reserve(TXN_BUF);
+        for buf in [&mut self.to_server, &mut self.to_client] {
+            if buf.capacity() == 0 {
+                *buf = crate::buffers::take(TXN_BUF);
+            } else {
+                buf.reserve(TXN_BUF);
+            }
+        }
         self.xact_started = Some(Instant::now());
         self.status = b'I';
         self.unsynced = false;

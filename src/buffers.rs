@@ -13,8 +13,11 @@ use bytes::BytesMut;
 
 /// Buffers kept per thread: enough for the clients one worker serves at once.
 const SPARE_PER_THREAD: usize = 64;
-/// Only buffers of about transaction size are kept; a grown one goes back to the allocator.
+/// Only buffers of about transaction size are kept: a grown one goes back to the allocator,
+/// and so does one too small for what sessions take (1,000 bytes), which would only be
+/// reallocated.
 const LARGEST_KEPT: usize = 64 * 1024;
+const SMALLEST_KEPT: usize = 1000;
 
 thread_local! {
     static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
@@ -38,7 +41,7 @@ pub fn give(buf: &mut BytesMut) {
         return;
     }
     let buf = std::mem::take(buf);
-    if buf.capacity() > LARGEST_KEPT {
+    if !(SMALLEST_KEPT..=LARGEST_KEPT).contains(&buf.capacity()) {
         return;
     }
     // During thread teardown the list is gone: the buffer is simply freed.
@@ -66,22 +69,23 @@ mod tests {
     }
 
     #[test]
-    fn buffers_with_content_or_grown_large_are_not_kept() {
+    fn buffers_with_content_or_of_unusual_size_are_not_kept() {
         let mut full = BytesMut::from(&b"unsent"[..]);
         give(&mut full);
         assert_eq!(&full[..], b"unsent");
-        let mut large = BytesMut::with_capacity(LARGEST_KEPT + 1);
-        give(&mut large);
-        assert_eq!(large.capacity(), 0);
-        let taken = take(10);
-        assert!(taken.capacity() <= LARGEST_KEPT);
+        for size in [SMALLEST_KEPT - 1, LARGEST_KEPT + 1] {
+            let mut buf = BytesMut::with_capacity(size);
+            give(&mut buf);
+            assert_eq!(buf.capacity(), 0);
+        }
+        assert_eq!(SPARE.with(|s| s.borrow().len()), 0);
     }
 
     #[test]
     fn at_most_a_bounded_number_are_kept_per_thread() {
         std::thread::spawn(|| {
             for _ in 0..SPARE_PER_THREAD + 10 {
-                give(&mut BytesMut::with_capacity(100));
+                give(&mut BytesMut::with_capacity(SMALLEST_KEPT));
             }
             assert_eq!(SPARE.with(|s| s.borrow().len()), SPARE_PER_THREAD);
         })

@@ -394,7 +394,16 @@ struct ClientRequest {
 
 impl ClientRequest {
     fn from_startup(p: &StartupParams, shared: &Shared) -> Result<ClientRequest, LoginError> {
-        let user = p.get("user").unwrap_or_default().to_owned();
+        // One pass for the names that matter; the last of a repeated one counts.
+        let (mut user, mut database) = ("", "");
+        for (name, value) in p.iter() {
+            match name {
+                "user" => user = value,
+                "database" => database = value,
+                _ => {}
+            }
+        }
+        let user = user.to_owned();
         if user.is_empty() {
             return Err(LoginError::refused(
                 "28000",
@@ -402,11 +411,11 @@ impl ClientRequest {
                 "no PostgreSQL user name specified in startup packet",
             ));
         }
-        let database = p
-            .get("database")
-            .filter(|d| !d.is_empty())
-            .unwrap_or(&user)
-            .to_owned();
+        let database = if database.is_empty() {
+            user.clone()
+        } else {
+            database.to_owned()
+        };
         let mut token = None;
         let mut params: ParamSet = Default::default();
         let config = shared.config();
@@ -448,8 +457,8 @@ impl ClientRequest {
             }
             Ok(())
         };
-        for (name, value) in &p.params {
-            match name.as_str() {
+        for (name, value) in p.iter() {
+            match name {
                 "user" | "database" => {}
                 "options" => {
                     for opt in startup::parse_options(value) {

@@ -163,7 +163,12 @@ impl ExpectQueue {
     /// a Sync draws one: the other entries are dropped as if the error had arrived after
     /// them, so the outcome does not depend on whether the client's message or the server's
     /// error reached pgtenant first.
+    ///
+    /// Every message gets its `seq`, a skipped one too (the session tells its own messages
+    /// apart by it).
     pub fn push(&mut self, mut e: Expected) {
+        e.seq = self.next_seq;
+        self.next_seq += 1;
         if self.skipping_to_sync {
             if e.reply != Reply::Sync {
                 if e.stmt != 0 {
@@ -173,9 +178,24 @@ impl ExpectQueue {
             }
             self.skipping_to_sync = false;
         }
-        e.seq = self.next_seq;
-        self.next_seq += 1;
         self.q.push_back(e);
+    }
+
+    /// Whether the latest Parse of statement `stmt` still unanswered was sent before a Sync
+    /// that is also queued: the next message belongs to a later batch, and whether that
+    /// Parse is skipped (an error earlier in its batch) is not known yet.
+    pub fn parse_awaits_earlier_sync(&self, stmt: u64) -> bool {
+        self.q
+            .iter()
+            .rposition(|e| e.reply == Reply::Parse && e.stmt == stmt)
+            .is_some_and(|at| self.q.iter().skip(at + 1).any(|e| e.reply == Reply::Sync))
+    }
+
+    /// Whether a Parse of statement `stmt` is still unanswered.
+    pub fn parse_pending(&self, stmt: u64) -> bool {
+        self.q
+            .iter()
+            .any(|e| e.reply == Reply::Parse && e.stmt == stmt)
     }
 
     /// Entries with a statement id skipped since the last call.
@@ -407,6 +427,41 @@ mod tests {
         assert_eq!(z.completed.map(|e| e.reply), Some(Reply::Sync));
         assert_eq!(q.on_message(b'1').verdict, Verdict::Forward);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_parse_before_a_queued_sync_is_unsettled_for_the_next_batch_only() {
+        let mut q = ExpectQueue::default();
+        q.push(Expected::proxy(Reply::Parse).with_stmt(7));
+        q.push(Expected::client(Reply::Bind).with_stmt(7));
+        // Same batch: skipped together with the Bind if at all.
+        assert!(!q.parse_awaits_earlier_sync(7));
+        q.push(Expected::client(Reply::Sync));
+        assert!(q.parse_awaits_earlier_sync(7));
+        assert!(!q.parse_awaits_earlier_sync(8));
+        // Prepared again in the next batch: that Parse decides.
+        q.push(Expected::proxy(Reply::Parse).with_stmt(7));
+        assert!(!q.parse_awaits_earlier_sync(7));
+        assert!(q.parse_pending(7));
+    }
+
+    #[test]
+    fn a_parse_skipped_after_an_error_is_reported_with_its_position() {
+        let mut q = ExpectQueue::default();
+        q.push(Expected::client(Reply::Execute));
+        q.push(Expected::client(Reply::Parse).with_stmt(7));
+        q.push(Expected::client(Reply::Sync));
+        assert_eq!(q.on_message(b'E').verdict, Verdict::Forward);
+        let skipped = q.take_skipped();
+        assert_eq!(skipped.iter().map(|e| e.seq).collect::<Vec<_>>(), [1]);
+        assert!(!q.parse_pending(7));
+        // Pushed while the server skips: numbered all the same.
+        q.push(Expected::client(Reply::Execute));
+        q.on_message(b'Z');
+        assert_eq!(q.on_message(b'E').verdict, Verdict::Forward);
+        q.push(Expected::client(Reply::Parse).with_stmt(9));
+        let skipped = q.take_skipped();
+        assert_eq!(skipped.iter().map(|e| e.seq).collect::<Vec<_>>(), [4]);
     }
 
     #[test]

@@ -48,6 +48,9 @@ use plan::SqlPlan;
 
 /// Stands for the client's unnamed statement where a shared statement id is expected.
 const UNNAMED_STATEMENT: u64 = u64::MAX;
+/// Stands for pgtenant's own tenant-setting statements where a shared statement id is
+/// expected.
+const INJECT_STATEMENTS: u64 = u64::MAX - 1;
 
 /// Above this many bytes queued for one side, stop reading from the other (backpressure).
 const HIGH_WATER: usize = 256 * 1024;
@@ -311,6 +314,8 @@ struct Rare {
     verifying: Option<u64>,
     /// Queue position when the client's latest CopyDone/CopyFail was forwarded.
     copy_end_seq: u64,
+    /// Queue position when pgtenant last sent a Flush of its own (`flush_for_replies`).
+    flushed_at: Option<u64>,
 }
 
 /// The session's [`Rare`] part, allocated on first use.
@@ -335,6 +340,10 @@ struct ClientStatement {
     /// Bound parameters that set the tenant seed-style (`set_config('app.current_tenant_id',
     /// $1, true)`): each must be the client's own tenant at every Bind.
     tenant_params: Vec<usize>,
+    /// The queue position of the client's Parse that created it: if PostgreSQL does not
+    /// run that Parse (it fails, or an error earlier in its batch makes the server skip
+    /// it), the statement never existed.
+    parse_seq: Option<u64>,
 }
 
 enum Event {
@@ -766,6 +775,9 @@ impl Session {
             if matches!(tag, b'Q' | b'F') && self.maybe_ended && !self.expect.only_proxy_setup() {
                 return Ok(Progress::Idle);
             }
+            if self.waits_for_earlier_batch(tag, frame.total_len) {
+                return Ok(Progress::Idle);
+            }
             if self.start_verify(tag, frame.total_len) {
                 return Ok(Progress::Idle);
             }
@@ -778,6 +790,61 @@ impl Session {
         }
     }
 
+    /// Whether the next client message must wait for the replies to earlier batches (and
+    /// the messages behind it with it):
+    ///
+    /// - a Bind or Describe of a statement whose Parse went out in an earlier batch, still
+    ///   unanswered. An error earlier in that batch makes PostgreSQL skip the Parse; only
+    ///   then is it known whether this batch must prepare the statement again (or, after the
+    ///   client's own Parse was skipped, that the statement does not exist). Within one
+    ///   batch there is nothing to wait for: PostgreSQL skips the Parse and the messages
+    ///   after it alike.
+    /// - a session command pgtenant answers itself (DEALLOCATE, DISCARD ALL, RESET ALL): its
+    ///   reply must come after the replies owed for what was sent before it, and if the
+    ///   server turns out to be skipping to Sync it is discarded, as PostgreSQL discards it.
+    fn waits_for_earlier_batch(&mut self, tag: u8, len: usize) -> bool {
+        if self.expect.is_empty() || self.expect.skipping_to_sync() {
+            return false;
+        }
+        let body = protocol::payload(&self.cbuf[..len]);
+        match tag {
+            b'B' | b'D' => {
+                let Some(name) = statement_named(tag, body) else {
+                    return false;
+                };
+                let id = if name.is_empty() {
+                    Some(UNNAMED_STATEMENT)
+                } else {
+                    self.statement(name)
+                        .and_then(|s| s.shared.as_ref())
+                        .map(|d| d.id)
+                };
+                id.is_some_and(|id| self.expect.parse_awaits_earlier_sync(id))
+            }
+            b'Q' if !self.copy_in => {
+                let text = protocol::read_cstr(body).map_or(&[][..], |(t, _)| t);
+                let session_command = may_be_session_command(text)
+                    && sql::session_command(&String::from_utf8_lossy(text)).is_some();
+                if session_command && self.unsynced {
+                    self.flush_for_replies();
+                }
+                session_command
+            }
+            _ => false,
+        }
+    }
+
+    /// Asks the server for the replies of a batch that has no Sync yet (PostgreSQL holds
+    /// them until a Sync or Flush); once per position in the queue.
+    fn flush_for_replies(&mut self) {
+        let at = self.expect.next_seq();
+        let rare = rare(&mut self.rare);
+        if rare.flushed_at != Some(at) {
+            rare.flushed_at = Some(at);
+            protocol::put_message(&mut self.to_server, b'H', |_| {});
+        }
+    }
+
     /// Before a Bind/Describe of a described shared statement that the bound server lacks:
     /// prepares and describes it there (Close, Parse, Describe, Flush) and holds the client
     /// until the description arrives (see `finish_verify`). Returns true when it did.
@@ -787,12 +854,7 @@ impl Session {
             return false;
         }
         let body = protocol::payload(&self.cbuf[..len]);
-        let name = match (tag, body.split_first()) {
-            (b'B', _) => protocol::read_cstr(body).and_then(|(_, rest)| protocol::read_cstr(rest)),
-            (b'D', Some((b'S', rest))) => protocol::read_cstr(rest),
-            _ => None,
-        };
-        let Some((name, _)) = name.filter(|(n, _)| !n.is_empty()) else {
+        let Some(name) = statement_named(tag, body).filter(|n| !n.is_empty()) else {
             return false;
         };
         let Some(def) = self
@@ -923,6 +985,7 @@ impl Session {
                 stale: false,
                 needs_fresh_parse: true,
                 tenant_params: Vec::new(),
+                parse_seq: None,
             },
         );
         messages::empty_reply(&mut self.to_client, b'1');
@@ -930,6 +993,12 @@ impl Session {
     }
 
     fn forward_client_message(&mut self, tag: u8, msg: Bytes) -> Result<(), SessionError> {
+        if matches!(tag, b'Q' | b'F') && self.expect.skipping_to_sync() {
+            // PostgreSQL discards a Query or FunctionCall that arrives while it skips to
+            // Sync (protocol docs, "Extended Query"): no reply and no effect, so nothing is
+            // sent or assumed.
+            return Ok(());
+        }
         let body = protocol::payload(&msg);
         match tag {
             b'Q' => return self.forward_query(msg),
@@ -973,12 +1042,17 @@ impl Session {
                             stale: false,
                             needs_fresh_parse: false,
                             tenant_params,
+                            parse_seq: None,
                         },
                     );
                     rare.unnamed_parse = Some(msg.clone());
                     self.unnamed_parse_owned = false;
                     self.unnamed_on_server = true;
-                    self.push_client(msg, Some(Reply::Parse));
+                    // Marked so that a failed or skipped Parse is undone (`parse_not_done`).
+                    self.to_server.extend_from_slice(&msg);
+                    self.expect
+                        .push(Expected::client(Reply::Parse).with_stmt(UNNAMED_STATEMENT));
+                    self.unsynced = true;
                 } else if self.statement(name).is_some() {
                     // PostgreSQL refuses to redefine a prepared statement; raised by the
                     // server itself so the error handling is PostgreSQL's.
@@ -989,6 +1063,18 @@ impl Session {
                     self.refuse_with("42P05", &message);
                 } else {
                     let def = self.pool.statements.register(rest);
+                    // Always parsed afresh, as PostgreSQL would for this client: a shared
+                    // statement already on the server may carry a plan from before a schema
+                    // change. Closed first (it may exist), described for the record.
+                    if !self.server_conn()?.touch_prepared(def.id) {
+                        self.make_room_for_statement();
+                        self.server_conn()?.add_prepared(def.id);
+                    }
+                    self.send_close_statement(&def.name);
+                    self.to_server.extend_from_slice(&def.parse);
+                    let parse_seq = Some(self.expect.next_seq());
+                    self.expect
+                        .push(Expected::client(Reply::Parse).with_stmt(def.id));
                     rare(&mut self.rare).statements.insert(
                         // Copied: a slice would keep the whole read buffer alive.
                         Bytes::copy_from_slice(name),
@@ -999,19 +1085,9 @@ impl Session {
                             stale: false,
                             needs_fresh_parse: false,
                             tenant_params,
+                            parse_seq,
                         },
                     );
-                    // Always parsed afresh, as PostgreSQL would for this client: a shared
-                    // statement already on the server may carry a plan from before a schema
-                    // change. Closed first (it may exist), described for the record.
-                    if !self.server_conn()?.touch_prepared(def.id) {
-                        self.make_room_for_statement();
-                        self.server_conn()?.add_prepared(def.id);
-                    }
-                    self.send_close_statement(&def.name);
-                    self.to_server.extend_from_slice(&def.parse);
-                    self.expect
-                        .push(Expected::client(Reply::Parse).with_stmt(def.id));
                     self.send_describe_statement(&def);
                     self.unsynced = true;
                 }
@@ -1229,7 +1305,10 @@ impl Session {
             r.unnamed_parse = None;
         }
         self.unnamed_on_server = false;
-        if self.expect.is_empty() && may_be_session_command(text) {
+        // Only where PostgreSQL would run it and answer it next (see
+        // `waits_for_earlier_batch`); in a failed transaction block the server refuses it
+        // with PostgreSQL's own error.
+        if self.expect.settled() && self.status != b'E' && may_be_session_command(text) {
             let status = self.status;
             if self.answer_session_command(&String::from_utf8_lossy(text), status) {
                 return Ok(());
@@ -1682,9 +1761,12 @@ impl Session {
     fn inject_tenant(&mut self) {
         let sealed = self.pool.sealed();
         let mut sealed_inject = None;
+        // Prepared again in an earlier batch whose replies are not in: if an error made the
+        // server skip that, this batch would find nothing to bind.
+        let unsettled = self.expect.parse_awaits_earlier_sync(INJECT_STATEMENTS);
         if let Some(server) = self.server.as_mut() {
             let conn = server.conn();
-            if conn.needs_reprepare {
+            if conn.needs_reprepare || unsettled {
                 conn.needs_reprepare = false;
                 let mut statements = vec![(INJECT_STATEMENT, INJECT_SQL, 2)];
                 if sealed {
@@ -1704,7 +1786,8 @@ impl Session {
                         }
                     });
                     self.expect.push(Expected::proxy(Reply::Close));
-                    self.expect.push(Expected::proxy(Reply::Parse));
+                    self.expect
+                        .push(Expected::proxy(Reply::Parse).with_stmt(INJECT_STATEMENTS));
                 }
             }
             if sealed {
@@ -1819,19 +1902,13 @@ impl Session {
             if let Some(server) = self.server.as_mut() {
                 server.conn().forget_prepared(failed.stmt);
             }
-            match (failed.reply, failed.owner) {
-                (Reply::Parse, Owner::Client) => {
-                    if let Some(r) = self.rare.as_mut() {
-                        r.statements
-                            .retain(|_, s| s.shared.as_ref().is_none_or(|d| d.id != failed.stmt));
-                    }
-                }
-                (_, Owner::Proxy) => {
-                    // Preparing for the client's Bind/Describe failed (a table was dropped,
-                    // …): the client's own message would have drawn this error.
-                    verdict = Verdict::Forward;
-                }
-                _ => {}
+            if failed.reply == Reply::Parse {
+                self.parse_not_done(&failed);
+            }
+            if failed.owner == Owner::Proxy && failed.stmt != INJECT_STATEMENTS {
+                // Preparing for the client's Bind/Describe failed (a table was dropped, …):
+                // the client's own message would have drawn this error.
+                verdict = Verdict::Forward;
             }
         }
         if tag == b'D' && self.rare.as_ref().is_some_and(|r| r.captured.is_some()) {
@@ -1976,14 +2053,52 @@ impl Session {
     /// not prepared, and a verification waiting for a description will not get one.
     fn undo_skipped(&mut self) {
         for e in self.expect.take_skipped() {
-            if e.stmt == UNNAMED_STATEMENT {
-                self.unnamed_on_server = false;
-                continue;
+            if e.reply == Reply::Parse {
+                self.parse_not_done(&e);
             }
-            if let Some(server) = self.server.as_mut().filter(|_| e.reply == Reply::Parse) {
-                server.conn().forget_prepared(e.stmt);
+            if e.stmt != UNNAMED_STATEMENT {
+                self.finish_verify(e.stmt, None);
             }
-            self.finish_verify(e.stmt, None);
+        }
+    }
+
+    /// A Parse PostgreSQL did not run (it failed, or the server skipped it after an earlier
+    /// error in its batch) created nothing: the server lacks the statement, and a statement
+    /// the client parsed does not exist.
+    fn parse_not_done(&mut self, e: &Expected) {
+        if e.stmt == INJECT_STATEMENTS {
+            if !self.expect.parse_pending(INJECT_STATEMENTS)
+                && let Some(server) = self.server.as_mut()
+            {
+                server.conn().needs_reprepare = true;
+            }
+            return;
+        }
+        if e.stmt == UNNAMED_STATEMENT {
+            // A later Parse of the unnamed statement, still unanswered, decides instead.
+            if self.expect.parse_pending(UNNAMED_STATEMENT) {
+                return;
+            }
+            // Whatever unnamed statement the server has is not this client's.
+            self.unnamed_on_server = false;
+            if e.owner == Owner::Client
+                && let Some(r) = self.rare.as_mut()
+            {
+                // A failed Parse drops the previous unnamed statement too. After a skipped
+                // one PostgreSQL would still have the previous one, which pgtenant no longer
+                // keeps: the client is told it has none, never given another's.
+                r.unnamed_parse = None;
+                r.statements.remove(&b""[..]);
+            }
+            return;
+        }
+        if let Some(server) = self.server.as_mut() {
+            server.conn().forget_prepared(e.stmt);
+        }
+        if e.owner == Owner::Client
+            && let Some(r) = self.rare.as_mut()
+        {
+            r.statements.retain(|_, s| s.parse_seq != Some(e.seq));
         }
     }
 
@@ -2197,6 +2312,16 @@ fn data_row_text(payload: &[u8]) -> impl Iterator<Item = Option<&str>> {
         rest = &rest[len as usize..];
         Some(std::str::from_utf8(value).ok())
     })
+}
+
+/// The statement a Bind or a Describe of a statement names (payload `body`).
+fn statement_named(tag: u8, body: &[u8]) -> Option<&[u8]> {
+    let name = match (tag, body.split_first()) {
+        (b'B', _) => protocol::read_cstr(body).and_then(|(_, rest)| protocol::read_cstr(rest)),
+        (b'D', Some((b'S', rest))) => protocol::read_cstr(rest),
+        _ => None,
+    };
+    name.map(|(name, _)| name)
 }
 
 /// Cheap filter before [`sql::session_command`]: such statements start with `D`/`d` or

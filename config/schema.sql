@@ -106,4 +106,13 @@ REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 GRANT USAGE ON SCHEMA public TO api_user;
 GRANT SELECT, INSERT, UPDATE, DELETE ON tenants, users, invoices TO api_user;
 
+-- No temporary tables for the application: they have no RLS and outlive the transaction on a
+-- pooled server connection, where the next tenant's unqualified names would find them first.
+-- (pgtenant refuses the statements that create them; this also covers dynamic SQL.)
+DO $$
+BEGIN
+    EXECUTE format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC', current_database());
+END
+$$;
+
 COMMIT;

@@ -206,7 +206,7 @@ fn the_text_report_names_each_problem_and_its_fix() {
     );
     assert!(
         run.stdout
-            .contains("FAILED: 0 critical, 1 error, 2 warnings")
+            .contains("FAILED: 0 critical, 1 error, 1 warning")
     );
 }
 

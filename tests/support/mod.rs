@@ -108,9 +108,12 @@ impl Pg {
     /// A new database holding the schema and the demo data.
     pub fn fresh_db(self: &Arc<Self>) -> TestDb {
         let name = format!("test_{}", self.next_db.fetch_add(1, Ordering::Relaxed));
+        // A database's own privileges are not copied from its template: the schema's
+        // REVOKE TEMPORARY is repeated for the copy.
         self.ok(self.cluster.psql(&format!(
-            "CREATE DATABASE {} TEMPLATE {TEMPLATE_DB}",
-            quote_ident(&name)
+            "CREATE DATABASE {db} TEMPLATE {TEMPLATE_DB};\n\
+             REVOKE TEMPORARY ON DATABASE {db} FROM PUBLIC;",
+            db = quote_ident(&name)
         )));
         TestDb {
             pg: Arc::clone(self),

@@ -253,6 +253,15 @@ mod tests {
         v
     }
 
+    /// The parameters of a protocol 3.0 StartupMessage holding `list`.
+    async fn startup_params(list: &[u8]) -> StartupParams {
+        let bytes = packet(196_608, list);
+        match read_packet(&mut &bytes[..], &mut BytesMut::new()).await {
+            Ok(StartupPacket::Startup(p)) => p,
+            other => panic!("not a startup message: {other:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn ssl_request_is_recognised() {
         let bytes = packet(SSL_REQUEST_CODE, b"");
@@ -264,13 +273,7 @@ mod tests {
 
     #[tokio::test]
     async fn startup_parameters_are_parsed() {
-        let bytes = packet(196_608, b"user\0bob\0database\0app\0\0");
-        let StartupPacket::Startup(p) = read_packet(&mut &bytes[..], &mut BytesMut::new())
-            .await
-            .unwrap()
-        else {
-            panic!("not a startup message");
-        };
+        let p = startup_params(b"user\0bob\0database\0app\0\0").await;
         assert_eq!(p.get("user"), Some("bob"));
         assert_eq!(p.get("database"), Some("app"));
     }
@@ -345,13 +348,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_repeated_parameter_takes_its_last_value() {
-        let bytes = packet(196_608, b"user\0bob\0user\0alice\0options\0\0\0");
-        let StartupPacket::Startup(p) = read_packet(&mut &bytes[..], &mut BytesMut::new())
-            .await
-            .unwrap()
-        else {
-            panic!("not a startup message");
-        };
+        let p = startup_params(b"user\0bob\0user\0alice\0options\0\0\0").await;
         assert_eq!(p.get("user"), Some("alice"));
         assert_eq!(p.get("options"), Some(""));
         assert_eq!(

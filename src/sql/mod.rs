@@ -179,11 +179,10 @@ pub fn is_one_data_statement(sql: &str) -> bool {
     const LEADING: [&[u8]; 7] = [
         b"select", b"insert", b"update", b"delete", b"with", b"values", b"table",
     ];
-    let body = sql.trim_end_matches(|c| c == ';' || is_sql_space(c));
-    let b = body.as_bytes();
-    if b.contains(&b';') {
+    let Some(body) = one_statement_body(sql) else {
         return false;
-    }
+    };
+    let b = body.as_bytes();
     match Lexer::new(b).next_token() {
         Some(t) if t.kind == TokenKind::Word => {
             let word = &b[t.start..t.end];
@@ -191,6 +190,14 @@ pub fn is_one_data_statement(sql: &str) -> bool {
         }
         _ => false,
     }
+}
+
+/// `sql` without its trailing run of `;` and whitespace, when no other `;` is left: then it
+/// holds at most one non-empty statement, whether those `;` end it or hide in an unterminated
+/// quote.
+fn one_statement_body(sql: &str) -> Option<&str> {
+    let body = sql.trim_end_matches(|c| c == ';' || is_sql_space(c));
+    (!body.as_bytes().contains(&b';')).then_some(body)
 }
 
 /// What the session needs to know about a simple-protocol Query before forwarding it.
@@ -213,8 +220,7 @@ pub struct QueryShape {
 /// `SELECT …;`), there can be at most one non-empty statement, whether those `;` end it or hide
 /// in an unterminated quote, and then only its leading keywords are read.
 pub fn shape(sql: &str) -> QueryShape {
-    let body = sql.trim_end_matches(|c| c == ';' || is_sql_space(c));
-    if !body.as_bytes().contains(&b';') {
+    if one_statement_body(sql).is_some() {
         let first = classify(sql);
         return QueryShape {
             statements: usize::from(first != StatementKind::Empty),

@@ -58,19 +58,20 @@ pub fn session_effects_of(sql: &str, single: bool) -> SessionEffects {
         },
         executes_prepared: false,
     };
-    // `SELECT … INTO TEMP t` creates a temporary table; without an `into` anywhere, a
-    // SELECT is decided by its first words.
-    let may_select_into = contains_ignoring_case(b, b"into");
+    let mut into = IntoLetters {
+        text: b,
+        found: None,
+    };
     let mut lexer = Lexer::new(b);
-    let mut stmt = StatementWords::new(may_select_into);
+    let mut stmt = StatementWords::default();
     while let Some(tok) = lexer.next_token() {
         if tok.kind == TokenKind::Semicolon {
             stmt.finish(&mut fx);
-            stmt = StatementWords::new(may_select_into);
+            stmt = StatementWords::default();
             continue;
         }
         let word = (tok.kind == TokenKind::Word).then(|| &b[tok.start..tok.end]);
-        if !stmt.feed(word, &mut fx) && single {
+        if !stmt.feed(word, &mut fx, &mut into) && single {
             return fx;
         }
     }
@@ -93,9 +94,6 @@ struct StatementWords<'a> {
     scan_for_execute: bool,
     /// `SELECT …`: look for `INTO TEMP` to the end of the statement.
     scan_for_into: bool,
-    /// The query has the letters `into` somewhere: a `SELECT` (or `WITH …`, `(SELECT …)`)
-    /// is read to its end for `INTO [LOCAL|GLOBAL] TEMP[ORARY]`.
-    may_select_into: bool,
     into: IntoClause,
     /// The previous word was INSERT or MERGE, whose INTO names an existing table.
     after_insert: bool,
@@ -114,17 +112,31 @@ enum IntoClause {
     AfterTemp,
 }
 
-impl<'a> StatementWords<'a> {
-    fn new(may_select_into: bool) -> Self {
-        StatementWords {
-            may_select_into,
-            ..StatementWords::default()
-        }
-    }
+/// Whether the query has the letters `into` anywhere, looked for once and only when a
+/// statement could be a `SELECT … INTO`: without them a SELECT is decided by its first words.
+struct IntoLetters<'a> {
+    text: &'a [u8],
+    found: Option<bool>,
+}
 
+impl IntoLetters<'_> {
+    fn present(&mut self) -> bool {
+        let text = self.text;
+        *self
+            .found
+            .get_or_insert_with(|| contains_ignoring_case(text, b"into"))
+    }
+}
+
+impl<'a> StatementWords<'a> {
     /// Feeds the next token (`None` for a non-word). Returns false once nothing more about
     /// this statement can change the answer.
-    fn feed(&mut self, word: Option<&'a [u8]>, fx: &mut SessionEffects) -> bool {
+    fn feed(
+        &mut self,
+        word: Option<&'a [u8]>,
+        fx: &mut SessionEffects,
+        into: &mut IntoLetters<'_>,
+    ) -> bool {
         if self.scan_for_execute && word.is_some_and(|w| eq(w, b"execute")) {
             fx.executes_prepared = true;
             self.scan_for_execute = false;
@@ -137,10 +149,11 @@ impl<'a> StatementWords<'a> {
         }
         self.count += 1;
         if self.count == 1
-            && self.may_select_into
             && word.is_none_or(|w| eq(w, b"select") || eq(w, b"with"))
+            && into.present()
         {
-            // `(SELECT …)` starts with a non-word.
+            // `(SELECT …)` starts with a non-word: read to its end for
+            // `INTO [LOCAL|GLOBAL] TEMP[ORARY]`.
             self.scan_for_into = true;
         }
         let undecided = self.feed_leading(word, fx);
